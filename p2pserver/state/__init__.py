@@ -1,0 +1,1 @@
+"""State resolution (v2 and v2.1). Pure code over data, no I/O."""
