@@ -379,8 +379,10 @@ def _check_create(event: Event) -> None:
         if not isinstance(room_id, str) or sender_server(room_id) != sender_server(event.sender):
             raise AuthError("m.room.create: room_id domain does not match the sender's")
     # 1.3 A room_version, if present, must be recognised.
-    if "room_version" in content and content["room_version"] not in KNOWN_ROOM_VERSIONS:
-        raise AuthError(f"m.room.create: unrecognised room_version {content['room_version']!r}")
+    if "room_version" in content:
+        room_version = content["room_version"]
+        if not isinstance(room_version, str) or room_version not in KNOWN_ROOM_VERSIONS:
+            raise AuthError(f"m.room.create: unrecognised room_version {room_version!r}")
     # 1.4 (v10) content.creator is required; v11 dropped it for the sender.
     if not version.use_room_create_sender and "creator" not in content:
         raise AuthError("m.room.create: content has no creator")
