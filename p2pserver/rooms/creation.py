@@ -27,10 +27,11 @@ The events are made in the spec's order, each by the creator:
    servers in a P2P network).
 
 Precedence, as the spec words it ("initial_state takes precedence over events
-set by preset, but gets overridden by name and topic"): a generated event is
-left out when a later step sets the same ``(type, state_key)``, so every
-event here sets a distinct state key. A repeated ``initial_state`` key is one
-event, at its first position, with its last content. An ``initial_state``
+set by preset, but gets overridden by name and topic"): the alias and preset
+events are left out when ``initial_state`` sets the same ``(type,
+state_key)``, and ``initial_state``'s name and topic when ``name`` or
+``topic`` is given. A repeated ``initial_state`` key is one event, at its
+first position, with its last content. An ``initial_state``
 ``m.room.power_levels`` replaces the default content of step 3 (and the
 override still applies on top), so the room never carries two power levels.
 
@@ -59,7 +60,8 @@ event"), so a request that would lock the creator out fails here.
 Errors (:class:`MatrixError` with the spec's errcode): a malformed body or
 field -> ``M_BAD_JSON``; a malformed user ID or alias -> ``M_INVALID_PARAM``;
 an unknown room version -> ``M_UNSUPPORTED_ROOM_VERSION``; a request whose
-events cannot all be authorised -> ``M_INVALID_ROOM_STATE``.
+events cannot all be authorised -> ``M_INVALID_ROOM_STATE``. A ``creator``
+who is not a user of ``server_name`` is the caller's bug: ValueError.
 """
 
 from __future__ import annotations

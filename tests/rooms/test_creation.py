@@ -707,7 +707,7 @@ _requests = st.fixed_dictionaries(
         "name": _text,
         "topic": _text,
         "room_alias_name": st.text(
-            st.characters(blacklist_characters=":\x00", blacklist_categories=("Cs",)),
+            st.characters(codec="utf-8", exclude_characters=":\x00"),
             min_size=1,
             max_size=20,
         ),
