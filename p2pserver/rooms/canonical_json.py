@@ -12,19 +12,25 @@ Rules:
 
 ``encode_canonical_json`` never accepts floats: canonical JSON has no
 representation for them. ``parse_json(..., strict=False)`` exists for tools
-that must read arbitrary JSON (``p2pserver pdu canonical`` without --strict).
+that must read arbitrary JSON (``p2pserver pdu canonical`` without --strict):
+it reads integral numbers written with a fraction or exponent (``1e10``,
+``2.0``) as integers, keeps other floats, and lets the last duplicate key
+win.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from decimal import Decimal
 from typing import Any
 
 from p2pserver.rooms.errors import BadJSON
 
 MAX_SAFE_INTEGER = 2**53 - 1
 MIN_SAFE_INTEGER = -(2**53 - 1)
+# Loose parsing turns integral floats into ints up to this many digits.
+_MAX_INT_DIGITS = 400
 
 _encoder = json.JSONEncoder(
     ensure_ascii=False,
@@ -108,6 +114,16 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _loose_float(text: str) -> Any:
+    """A number with a fraction or exponent, read loosely.
+
+    One that is exactly an integer becomes an ``int``: canonical JSON writes
+    integers without exponent or decimal places (the appendix's example maps
+    ``1e10`` to ``10000000000``). Decimal keeps the test exact; the magnitude
+    check stops ``1e999999999`` from turning into a huge int.
+    """
+    number = Decimal(text)
+    if number.adjusted() <= _MAX_INT_DIGITS and number == number.to_integral_value():
+        return int(number)
     value = float(text)
     if math.isinf(value):
         raise BadJSON(f"number out of range: {text}")

@@ -13,7 +13,8 @@ derived from its event ID, so every event answers `room_id` the same way.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from p2pserver.rooms.hashing import compute_event_id, room_id_from_create_event_id
 from p2pserver.rooms.room_versions import RoomVersion
@@ -81,7 +82,9 @@ class Event:
         self.depth = pdu.get("depth", 0)
         self.origin_server_ts = pdu.get("origin_server_ts", 0)
         self.redacted = redacted
-        room_id = pdu.get("room_id")
+        # A str for every PDU parse_pdu accepts; the auth rules still guard
+        # against None for Events built from unchecked dicts.
+        room_id: Any = pdu.get("room_id")
         if room_id is None and room_version.room_id_is_create_event_hash and self.is_create():
             room_id = room_id_from_create_event_id(self.event_id)
         self.room_id = room_id

@@ -4,7 +4,8 @@
   `unsigned`, `signatures` and `hashes`. It protects the full content, so a
   mismatch on receipt means the event is used redacted.
 - Reference hash: SHA-256 over the canonical JSON of the *redacted* PDU
-  without `signatures` and `unsigned`. It names the event.
+  without `signatures` and `unsigned`. It names the event. The same bytes
+  are what event signatures cover (see signing.py).
 - Event ID (format v3+): `$` + URL-safe unpadded Base64 of the reference hash.
 - Room ID in room version 12: `!` + the same encoding of the create event's
   reference hash.
@@ -14,7 +15,8 @@ Hashes in `hashes.sha256` are standard unpadded Base64.
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from p2pserver.rooms.base64 import encode_base64
 from p2pserver.rooms.canonical_json import encode_canonical_json
@@ -24,16 +26,30 @@ from p2pserver.rooms.room_versions import RoomVersion
 _NOT_IN_CONTENT_HASH = frozenset({"unsigned", "signatures", "hashes"})
 
 
+def content_hash_input(pdu: Mapping[str, Any]) -> bytes:
+    """The bytes the content hash covers: canonical JSON without `unsigned`,
+    `signatures` and `hashes`."""
+    return encode_canonical_json({k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH})
+
+
 def compute_content_hash(pdu: Mapping[str, Any]) -> bytes:
-    stripped = {k: v for k, v in pdu.items() if k not in _NOT_IN_CONTENT_HASH}
-    return hashlib.sha256(encode_canonical_json(stripped)).digest()
+    return hashlib.sha256(content_hash_input(pdu)).digest()
 
 
-def compute_reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:
+def reference_hash_input(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:
+    """Canonical JSON of the redacted PDU without `signatures` and `unsigned`.
+
+    These are the bytes the reference hash covers *and* the bytes every
+    event signature covers, so the receive path encodes them once for both.
+    """
     redacted = redact(pdu, room_version)
     redacted.pop("signatures", None)
     redacted.pop("unsigned", None)
-    return hashlib.sha256(encode_canonical_json(redacted)).digest()
+    return encode_canonical_json(redacted)
+
+
+def compute_reference_hash(pdu: Mapping[str, Any], room_version: RoomVersion) -> bytes:
+    return hashlib.sha256(reference_hash_input(pdu, room_version)).digest()
 
 
 def compute_event_id(pdu: Mapping[str, Any], room_version: RoomVersion) -> str:

@@ -14,7 +14,8 @@ Room version 12 redacts exactly like 11.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from p2pserver.rooms.room_versions import RoomVersion
 
@@ -63,9 +64,13 @@ def redact(pdu: Mapping[str, Any], room_version: RoomVersion) -> dict[str, Any]:
     if event_type == "m.room.member":
         keep("membership", "join_authorised_via_users_server")
         if v11:
+            # The object stays, cut down to `signed` (possibly to {}), as in
+            # Synapse and ruma: the reference hash must agree across servers.
             invite = content.get("third_party_invite")
-            if isinstance(invite, Mapping) and "signed" in invite:
-                kept["third_party_invite"] = {"signed": invite["signed"]}
+            if isinstance(invite, Mapping):
+                kept["third_party_invite"] = (
+                    {"signed": invite["signed"]} if "signed" in invite else {}
+                )
     elif event_type == "m.room.create":
         if v11:
             kept.update(content)

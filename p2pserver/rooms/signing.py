@@ -7,13 +7,15 @@ format, one line: ``ed25519 <key_id> <unpadded base64 seed>``.
 
 Signing JSON: drop `signatures` and `unsigned`, sign the canonical JSON, and
 add the signature under ``signatures[server_name]["ed25519:<key_id>"]``.
-Events are signed over their redacted form (see :func:`sign_event`).
+Events are signed over their redacted form (see :func:`sign_event`): the
+bytes signed are exactly the reference-hash input (hashing.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import nacl.exceptions
 import nacl.signing
@@ -21,7 +23,7 @@ import nacl.signing
 from p2pserver.rooms.base64 import decode_base64, encode_base64
 from p2pserver.rooms.canonical_json import encode_canonical_json
 from p2pserver.rooms.errors import SignatureError
-from p2pserver.rooms.redaction import redact
+from p2pserver.rooms.hashing import reference_hash_input
 from p2pserver.rooms.room_versions import RoomVersion
 
 DEFAULT_KEY_VERSION = "p2p"
@@ -108,40 +110,54 @@ def verify_json(
 ) -> None:
     """Check that ``obj`` carries a valid signature by ``server_name``.
 
-    ``verify_keys`` maps key IDs (``ed25519:<id>``) to keys. One valid
-    ed25519 signature from a known key suffices. Raises SignatureError.
+    ``verify_keys`` maps key IDs (``ed25519:<id>``) to keys. Raises
+    SignatureError; see :func:`check_signatures` for the rules.
     """
-    signatures = obj.get("signatures")
+    check_signatures(
+        lambda: encode_canonical_json(_strip(obj)), obj.get("signatures"), server_name, verify_keys
+    )
+
+
+def check_signatures(
+    message: bytes | Callable[[], bytes],
+    signatures: object,
+    server_name: str,
+    verify_keys: Mapping[str, nacl.signing.VerifyKey],
+) -> None:
+    """Check ``server_name``'s signatures (the `signatures` value) over ``message``.
+
+    The appendix's "Checking for a signature", with the receipt rule of the
+    server-server API: signatures under algorithms other than ed25519 and
+    under unknown key IDs are skipped; at least one must remain, and *every*
+    remaining one must decode and verify. ``message`` is the signed bytes,
+    or a function computing them (called only once a known key is found).
+    Raises SignatureError.
+    """
     if not isinstance(signatures, Mapping):
         raise SignatureError("no signatures")
     by_server = signatures.get(server_name)
     if not isinstance(by_server, Mapping) or not by_server:
         raise SignatureError(f"not signed by {server_name}")
-    message = None
-    tried = False
+    checked = False
     for key_id, signature_b64 in by_server.items():
         if not isinstance(key_id, str) or not key_id.startswith("ed25519:"):
             continue
         verify_key = verify_keys.get(key_id)
         if verify_key is None:
             continue
-        tried = True
-        if not isinstance(signature_b64, str):
-            continue
         try:
             signature = decode_base64(signature_b64)
         except ValueError:
-            continue
-        if message is None:
-            message = encode_canonical_json(_strip(obj))
+            raise SignatureError(f"signature {key_id} of {server_name} is not base64") from None
+        if not isinstance(message, bytes):
+            message = message()
         try:
             verify_key.verify(message, signature)
-            return
         except (nacl.exceptions.BadSignatureError, ValueError):
-            continue
-    if not tried:
+            raise SignatureError(f"bad signature {key_id} from {server_name}") from None
+        checked = True
+    if not checked:
         raise SignatureError(f"no known ed25519 key of {server_name} signed this")
-    raise SignatureError(f"bad signature from {server_name}")
 
 
 def sign_event(
@@ -151,8 +167,7 @@ def sign_event(
 
     The signature covers the redacted event, so it survives redaction.
     """
-    redacted = redact(pdu, room_version)
-    signature = key.key.sign(encode_canonical_json(_strip(redacted))).signature
+    signature = key.key.sign(reference_hash_input(pdu, room_version)).signature
     pdu.setdefault("signatures", {}).setdefault(server_name, {})[key.key_id] = encode_base64(
         signature
     )
@@ -166,4 +181,9 @@ def verify_event_signature(
     verify_keys: Mapping[str, nacl.signing.VerifyKey],
 ) -> None:
     """Check ``server_name``'s signature over the redacted PDU. Raises SignatureError."""
-    verify_json(redact(pdu, room_version), server_name, verify_keys)
+    check_signatures(
+        lambda: reference_hash_input(pdu, room_version),
+        pdu.get("signatures"),
+        server_name,
+        verify_keys,
+    )
