@@ -237,5 +237,7 @@ def verify_event(event: Event, keys: KeyLookup = hex_server_keys) -> Outcome:
         matches = False
     if matches:
         return Outcome(ACCEPT, event)
-    redacted = Event(redact(pdu, room_version), room_version, event_id=event.event_id, redacted=True)
+    redacted = Event(
+        redact(pdu, room_version), room_version, event_id=event.event_id, redacted=True
+    )
     return Outcome(REDACT, redacted, "content hash does not match; using the redacted event")
