@@ -1,0 +1,196 @@
+"""One SQLite database per node: opening, pragmas, transactions, migrations.
+
+Rules:
+- The database lives in the node's data directory (``rooms.db``) and is
+  opened through apsw, synchronously: it is local and fast, and the room
+  engine only awaits when it talks to peers.
+- Journal mode is WAL. ``synchronous=NORMAL`` (the default here) survives
+  any crash of the process, including SIGKILL, because a commit has been
+  written to the WAL file before :meth:`Database.transaction` returns; only
+  a power cut can lose the last commits, and never consistency. Pass
+  ``durable=True`` for ``synchronous=FULL`` (an fsync per commit).
+- Every write happens inside :meth:`Database.transaction` (``BEGIN
+  IMMEDIATE`` ... ``COMMIT``), so an event and everything derived from it
+  commit together or not at all. A failed transaction rolls back and calls
+  the registered rollback hooks, which drop in-memory caches that might now
+  describe rows that were never committed.
+- The schema is versioned with ``PRAGMA user_version``; the database is
+  marked as ours with ``PRAGMA application_id``. :data:`MIGRATIONS` (in
+  :mod:`p2pserver.storage.schema`) holds one step per version, each applied
+  in its own transaction together with the version bump. A database whose
+  version is newer than the code knows refuses to open with
+  :class:`SchemaTooNew` instead of guessing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import apsw
+
+from p2pserver.storage.schema import MIGRATIONS, Migration
+
+DATABASE_FILE_NAME = "rooms.db"
+# "p2ps" in ASCII: identifies our database files (PRAGMA application_id).
+APPLICATION_ID = 0x70327073
+
+
+class StorageError(Exception):
+    """The database cannot be used (wrong file, newer schema, corruption)."""
+
+
+class SchemaTooNew(StorageError):
+    pass
+
+
+class Database:
+    """An apsw connection with our pragmas, transactions and migrations applied."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        durable: bool = False,
+        migrations: Sequence[Migration] = MIGRATIONS,
+    ) -> None:
+        """Open (creating if needed) the database at ``path``; None is in-memory."""
+        self.path = ":memory:" if path is None else os.fspath(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = apsw.Connection(self.path)
+            self.conn.setbusytimeout(5000)
+            # Fail early on a file that is not a SQLite database at all.
+            self.conn.execute("PRAGMA schema_version").fetchall()
+        except apsw.Error as exc:
+            raise StorageError(f"cannot open database {self.path}: {exc}") from None
+        self._rollback_hooks: list[Callable[[], None]] = []
+        self._in_transaction = False
+        try:
+            self._configure(durable)
+            self._migrate(migrations)
+        except BaseException:
+            self.conn.close()
+            raise
+
+    def _configure(self, durable: bool) -> None:
+        if self.path != ":memory:":
+            mode = self.conn.execute("PRAGMA journal_mode=WAL").fetchall()[0][0]
+            if str(mode).lower() != "wal":
+                raise StorageError(f"{self.path}: cannot switch to WAL (got {mode})")
+        self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self.conn.execute("PRAGMA foreign_keys=ON")
+        self.conn.execute("PRAGMA temp_store=MEMORY")
+
+    # -- migrations -----------------------------------------------------------
+
+    @property
+    def schema_version(self) -> int:
+        return int(self.query("PRAGMA user_version")[0][0])
+
+    def _migrate(self, migrations: Sequence[Migration]) -> None:
+        latest = len(migrations)
+        app_id = int(self.query("PRAGMA application_id")[0][0])
+        version = self.schema_version
+        if app_id not in (0, APPLICATION_ID) or (app_id == 0 and version != 0):
+            raise StorageError(f"{self.path} is not a p2pserver database")
+        if version > latest:
+            raise SchemaTooNew(
+                f"{self.path} has schema version {version}, but this p2pserver only "
+                f"knows versions up to {latest}: it was written by a newer p2pserver. "
+                "Upgrade p2pserver to open it (downgrading a database is not supported)."
+            )
+        for target in range(version + 1, latest + 1):
+            with self.transaction():
+                if target == 1:
+                    self.conn.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                migrations[target - 1](self.conn)
+                self.conn.execute(f"PRAGMA user_version={target}")
+
+    # -- transactions ---------------------------------------------------------
+
+    def on_rollback(self, hook: Callable[[], None]) -> None:
+        """Call ``hook`` whenever a transaction rolls back (to drop caches)."""
+        self._rollback_hooks.append(hook)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_transaction
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any exception.
+
+        Not reentrant: one transaction is one atomic unit of the engine.
+        """
+        if self._in_transaction:
+            raise RuntimeError("transactions do not nest")
+        self.conn.execute("BEGIN IMMEDIATE")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._in_transaction = False
+            try:
+                self.conn.execute("ROLLBACK")
+            finally:
+                for hook in self._rollback_hooks:
+                    hook()
+            raise
+        else:
+            self._in_transaction = False
+            try:
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if not self.conn.getautocommit():
+                    self.conn.execute("ROLLBACK")
+                for hook in self._rollback_hooks:
+                    hook()
+                raise
+
+    # -- queries --------------------------------------------------------------
+
+    def execute(self, sql: str, bindings: Sequence[Any] | dict[str, Any] = ()) -> apsw.Cursor:
+        return self.conn.execute(sql, bindings)
+
+    def executemany(
+        self, sql: str, rows: Sequence[Sequence[Any]] | Iterator[Sequence[Any]]
+    ) -> None:
+        self.conn.executemany(sql, rows)
+
+    def query(
+        self, sql: str, bindings: Sequence[Any] | dict[str, Any] = ()
+    ) -> list[tuple[Any, ...]]:
+        return self.conn.execute(sql, bindings).fetchall()
+
+    def query_one(
+        self, sql: str, bindings: Sequence[Any] | dict[str, Any] = ()
+    ) -> tuple[Any, ...] | None:
+        for row in self.conn.execute(sql, bindings):
+            return tuple(row)
+        return None
+
+    def integrity_check(self) -> list[str]:
+        """``PRAGMA integrity_check`` and foreign-key check; [] when healthy."""
+        problems = [str(r[0]) for r in self.query("PRAGMA integrity_check")]
+        if problems == ["ok"]:
+            problems = []
+        problems += [f"foreign key violation: {r}" for r in self.query("PRAGMA foreign_key_check")]
+        return problems
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:
+    """Split ``items`` so an ``IN (...)`` list stays under SQLite's variable limit."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def placeholders(count: int) -> str:
+    return ",".join("?" * count)

@@ -1,0 +1,658 @@
+"""The node's room store: events, the DAG, state and the outbound queue.
+
+:class:`Store` is the one object the room engine persists through. It is
+synchronous (apsw) and knows nothing of the protocol's checks: the engine
+decides what an event is (accepted, soft-failed, rejected, outlier) and what
+the state before and after it is, and the store records that durably and
+answers questions about it.
+
+Rules:
+- Writes happen inside :meth:`Store.transaction`; the engine stores an event
+  and everything derived from it (edges, state groups, forward extremities,
+  current state, joined servers, outbound queue) in one transaction.
+- Rejected events are stored (so they are not fetched and checked again)
+  but never returned by :meth:`Store.get_event` / :meth:`Store.get_events`,
+  the :class:`p2pserver.state.source.EventSource` interface, so nothing can
+  use them as valid. Outliers (events we hold without knowing the state at
+  them) are returned: they are valid auth events.
+- Every event is stored after its auth events, which makes ``event_nid`` a
+  topological order of the auth DAG (see :mod:`.auth_chains`).
+- Caches hold committed facts only; a rolled back transaction clears them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from p2pserver.rooms.canonical_json import encode_canonical_json
+from p2pserver.rooms.events import Event, StateKey, sender_server
+from p2pserver.rooms.room_versions import RoomVersion, get_room_version
+from p2pserver.storage.auth_chains import AuthChains
+from p2pserver.storage.cache import LruCache
+from p2pserver.storage.database import DATABASE_FILE_NAME, Database, chunks, placeholders
+from p2pserver.storage.outbound import OutboundQueue
+from p2pserver.storage.state_groups import StateGroups, StateMap, diff_states
+
+MEMBER = "m.room.member"
+CREATE_KEY: StateKey = ("m.room.create", "")
+
+
+class EventStatus(StrEnum):
+    ACCEPTED = "accepted"
+    SOFT_FAILED = "soft_failed"
+    REJECTED = "rejected"
+    OUTLIER = "outlier"
+
+
+# Events that are part of the room's DAG with a known state.
+IN_DAG = (EventStatus.ACCEPTED, EventStatus.SOFT_FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class EventMeta:
+    """What the store knows about an event besides its PDU."""
+
+    nid: int
+    event_id: str
+    room_id: str
+    type: str
+    state_key: str | None
+    sender: str
+    depth: int
+    status: EventStatus
+    rejected_reason: str | None
+    redacted: bool
+    stream_ordering: int | None
+    state_before: int | None
+    state_after: int | None
+
+    @property
+    def has_state(self) -> bool:
+        """True when the state before and after this event is known."""
+        return self.state_after is not None
+
+
+@dataclass(frozen=True, slots=True)
+class RoomRecord:
+    room_id: str
+    room_version: RoomVersion
+    create_event_id: str
+    current_state_group: int | None
+
+
+_META_COLUMNS = (
+    "event_nid, event_id, room_id, type, state_key, sender, depth, status, "
+    "rejected_reason, redacted, stream_ordering, state_before, state_after"
+)
+
+
+def _meta_from_row(row: Sequence[Any]) -> EventMeta:
+    return EventMeta(
+        nid=row[0],
+        event_id=row[1],
+        room_id=row[2],
+        type=row[3],
+        state_key=row[4],
+        sender=row[5],
+        depth=row[6],
+        status=EventStatus(row[7]),
+        rejected_reason=row[8],
+        redacted=bool(row[9]),
+        stream_ordering=row[10],
+        state_before=row[11],
+        state_after=row[12],
+    )
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.state_groups = StateGroups(db, self.event_nids)
+        self.auth_chains = AuthChains(db)
+        self.outbound = OutboundQueue(db)
+        self._rooms: dict[str, RoomRecord] = {}
+        self._meta: LruCache[str, EventMeta] = LruCache(100_000)
+        self._events: LruCache[str, Event] = LruCache(20_000)
+        self._stream: int | None = None
+        db.on_rollback(self.clear_caches)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str] | None = None, *, durable: bool = False) -> Store:
+        """Open the database file at ``path`` (None: a fresh in-memory store)."""
+        return cls(Database(path, durable=durable))
+
+    @classmethod
+    def open_data_dir(cls, data_dir: str | os.PathLike[str], *, durable: bool = False) -> Store:
+        return cls.open(Path(data_dir) / DATABASE_FILE_NAME, durable=durable)
+
+    def close(self) -> None:
+        self.db.close()
+
+    def transaction(self) -> AbstractContextManager[None]:
+        return self.db.transaction()
+
+    def clear_caches(self) -> None:
+        self._rooms.clear()
+        self._meta.clear()
+        self._events.clear()
+        self._stream = None
+        self.state_groups.clear_caches()
+        self.auth_chains.clear_caches()
+
+    # -- rooms ----------------------------------------------------------------
+
+    def room(self, room_id: str) -> RoomRecord | None:
+        record = self._rooms.get(room_id)
+        if record is None:
+            row = self.db.query_one(
+                "SELECT room_version, create_event_id, current_state_group FROM rooms WHERE room_id = ?",
+                (room_id,),
+            )
+            if row is None:
+                return None
+            record = RoomRecord(room_id, get_room_version(row[0]), row[1], row[2])
+            self._rooms[room_id] = record
+        return record
+
+    def room_version(self, room_id: str) -> RoomVersion | None:
+        record = self.room(room_id)
+        return record.room_version if record else None
+
+    def room_ids(self) -> list[str]:
+        return [r[0] for r in self.db.query("SELECT room_id FROM rooms ORDER BY room_id")]
+
+    def add_room(self, room_id: str, room_version: RoomVersion, create_event_id: str) -> None:
+        self.db.execute(
+            "INSERT INTO rooms (room_id, room_version, create_event_id) VALUES (?, ?, ?)",
+            (room_id, room_version.identifier, create_event_id),
+        )
+        self._rooms.pop(room_id, None)
+
+    # -- events ---------------------------------------------------------------
+
+    def event_meta(self, event_id: str) -> EventMeta | None:
+        meta = self._meta.get(event_id)
+        if meta is None:
+            row = self.db.query_one(
+                f"SELECT {_META_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+            )
+            if row is None:
+                return None
+            meta = _meta_from_row(row)
+            self._meta.set(event_id, meta)
+        return meta
+
+    def event_metas(self, event_ids: Iterable[str]) -> dict[str, EventMeta]:
+        out: dict[str, EventMeta] = {}
+        missing: list[str] = []
+        for event_id in dict.fromkeys(event_ids):
+            meta = self._meta.get(event_id)
+            if meta is None:
+                missing.append(event_id)
+            else:
+                out[event_id] = meta
+        for batch in chunks(missing):
+            for row in self.db.query(
+                f"SELECT {_META_COLUMNS} FROM events WHERE event_id IN ({placeholders(len(batch))})",
+                batch,
+            ):
+                meta = _meta_from_row(row)
+                self._meta.set(meta.event_id, meta)
+                out[meta.event_id] = meta
+        return out
+
+    def event_nids(self, event_ids: Iterable[str]) -> dict[str, int]:
+        """nids of stored events; raises KeyError naming any that is not stored."""
+        ids = list(event_ids)
+        metas = self.event_metas(ids)
+        for event_id in ids:
+            if event_id not in metas:
+                raise KeyError(f"event {event_id} is not stored")
+        return {event_id: metas[event_id].nid for event_id in ids}
+
+    def event_ids_for_nids(self, nids: Iterable[int]) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for batch in chunks(list(nids)):
+            for nid, event_id in self.db.query(
+                f"SELECT event_nid, event_id FROM events WHERE event_nid IN ({placeholders(len(batch))})",
+                batch,
+            ):
+                out[nid] = event_id
+        return out
+
+    def load_event(self, event_id: str, *, allow_rejected: bool = False) -> Event | None:
+        return self.load_events([event_id], allow_rejected=allow_rejected).get(event_id)
+
+    def load_events(
+        self, event_ids: Iterable[str], *, allow_rejected: bool = False
+    ) -> dict[str, Event]:
+        """Stored events by ID (rejected ones only with ``allow_rejected``)."""
+        ids = list(dict.fromkeys(event_ids))
+        metas = self.event_metas(ids)
+        out: dict[str, Event] = {}
+        missing: list[str] = []
+        for event_id in ids:
+            meta = metas.get(event_id)
+            if meta is None or (meta.status == EventStatus.REJECTED and not allow_rejected):
+                continue
+            event = self._events.get(event_id)
+            if event is None:
+                missing.append(event_id)
+            else:
+                out[event_id] = event
+        for batch in chunks(missing):
+            for event_id, room_id, pdu, redacted in self.db.query(
+                f"SELECT event_id, room_id, pdu, redacted FROM events WHERE event_id IN ({placeholders(len(batch))})",
+                batch,
+            ):
+                room_version = self.room_version(room_id)
+                if room_version is None:
+                    continue  # a rejected create event of a room we never had
+                event = Event(
+                    json.loads(pdu), room_version, event_id=event_id, redacted=bool(redacted)
+                )
+                self._events.set(event_id, event)
+                out[event_id] = event
+        return out
+
+    # EventSource (p2pserver.state.source): rejected events do not exist.
+    def get_event(self, event_id: str) -> Event | None:
+        return self.load_event(event_id)
+
+    def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
+        return self.load_events(event_ids)
+
+    def auth_chain_difference(self, state_sets: Sequence[Mapping[StateKey, str]]) -> set[str]:
+        """Events in the auth chain of some but not all state sets (see :mod:`.auth_chains`)."""
+        nid_sets = [self.event_nids(s.values()).values() for s in state_sets]
+        difference = self.auth_chains.difference(nid_sets)
+        return set(self.event_ids_for_nids(difference).values())
+
+    def auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
+        """The auth chain of the given events, as event IDs."""
+        chain = self.auth_chains.auth_chain(self.event_nids(event_ids).values())
+        return set(self.event_ids_for_nids(chain).values())
+
+    def _next_stream_ordering(self) -> int:
+        if self._stream is None:
+            row = self.db.query_one("SELECT MAX(stream_ordering) FROM events")
+            self._stream = int(row[0]) if row and row[0] is not None else 0
+        self._stream += 1
+        return self._stream
+
+    def max_stream_ordering(self) -> int:
+        if self._stream is None:
+            row = self.db.query_one("SELECT MAX(stream_ordering) FROM events")
+            self._stream = int(row[0]) if row and row[0] is not None else 0
+        return self._stream
+
+    def insert_event(
+        self,
+        event: Event,
+        status: EventStatus,
+        *,
+        rejected_reason: str | None = None,
+        state_before: int | None = None,
+        state_after: int | None = None,
+    ) -> EventMeta:
+        """Store a new event (inside a transaction) with what we decided about it.
+
+        Non-rejected events must have all their auth events stored already.
+        """
+        if (status == EventStatus.REJECTED) != (rejected_reason is not None):
+            raise ValueError("a rejected_reason goes with, and only with, status rejected")
+        stream = self._next_stream_ordering() if status in IN_DAG else None
+        self.db.execute(
+            """INSERT INTO events (event_id, room_id, type, state_key, sender, depth,
+                   origin_server_ts, status, rejected_reason, redacted, stream_ordering,
+                   state_before, state_after, pdu)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+            (
+                event.event_id,
+                event.room_id,
+                event.type,
+                event.state_key,
+                event.sender,
+                event.depth,
+                event.origin_server_ts,
+                status.value,
+                rejected_reason,
+                int(event.redacted),
+                stream,
+                state_before,
+                state_after,
+                encode_canonical_json(event.pdu),
+            ),
+        )
+        nid = int(self.db.conn.last_insert_rowid())
+        meta = EventMeta(
+            nid,
+            event.event_id,
+            event.room_id,
+            event.type,
+            event.state_key,
+            event.sender,
+            event.depth,
+            status,
+            rejected_reason,
+            event.redacted,
+            stream,
+            state_before,
+            state_after,
+        )
+        if status != EventStatus.OUTLIER:
+            self._insert_prev_edges(nid, event)
+        if status != EventStatus.REJECTED:
+            self._insert_auth_edges(nid, event)
+        if status == EventStatus.ACCEPTED:
+            self._record_redaction(nid, event)
+        self._meta.set(event.event_id, meta)
+        self._events.set(event.event_id, event)
+        return meta
+
+    def promote_outlier(
+        self,
+        event: Event,
+        status: EventStatus,
+        *,
+        rejected_reason: str | None = None,
+        state_before: int,
+        state_after: int,
+    ) -> EventMeta:
+        """Place a stored outlier in the DAG now that we know the state at it."""
+        old = self.event_meta(event.event_id)
+        if old is None or old.status != EventStatus.OUTLIER:
+            raise ValueError(f"{event.event_id} is not a stored outlier")
+        stream = self._next_stream_ordering() if status in IN_DAG else None
+        self.db.execute(
+            """UPDATE events SET status = ?, rejected_reason = ?, stream_ordering = ?,
+                   state_before = ?, state_after = ? WHERE event_nid = ?""",
+            (status.value, rejected_reason, stream, state_before, state_after, old.nid),
+        )
+        if status == EventStatus.REJECTED:
+            # A rejected event is no auth event; it had edges as an outlier.
+            self.db.execute("DELETE FROM event_auth WHERE event_nid = ?", (old.nid,))
+            self.auth_chains.clear_caches()
+        self._insert_prev_edges(old.nid, event)
+        if status == EventStatus.ACCEPTED:
+            self._record_redaction(old.nid, event)
+        meta = EventMeta(
+            old.nid,
+            old.event_id,
+            old.room_id,
+            old.type,
+            old.state_key,
+            old.sender,
+            old.depth,
+            status,
+            rejected_reason,
+            old.redacted,
+            stream,
+            state_before,
+            state_after,
+        )
+        self._meta.set(event.event_id, meta)
+        return meta
+
+    def _insert_prev_edges(self, nid: int, event: Event) -> None:
+        self.db.executemany(
+            "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
+            [(nid, prev) for prev in event.prev_event_ids],
+        )
+
+    def _insert_auth_edges(self, nid: int, event: Event) -> None:
+        auth_ids = list(event.auth_event_ids)
+        if event.room_version.room_id_is_create_event_hash and not event.is_create():
+            # v12: the create event authorises everything without being listed.
+            auth_ids.append("$" + event.room_id[1:])
+        self.db.executemany(
+            "INSERT OR IGNORE INTO event_auth (event_nid, auth_nid) VALUES (?, ?)",
+            [(nid, auth_nid) for auth_nid in self.event_nids(auth_ids).values()],
+        )
+
+    def _record_redaction(self, nid: int, event: Event) -> None:
+        target = event.redacts
+        if target is not None:
+            self.db.execute(
+                "INSERT INTO redactions (redaction_nid, redacts) VALUES (?, ?)", (nid, target)
+            )
+
+    def redactions_of(self, event_id: str) -> list[str]:
+        """Accepted redaction events that target ``event_id``."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT e.event_id FROM redactions r JOIN events e ON e.event_nid = r.redaction_nid
+                   WHERE r.redacts = ? ORDER BY r.redaction_nid""",
+                (event_id,),
+            )
+        ]
+
+    # -- the DAG --------------------------------------------------------------
+
+    def forward_extremities(self, room_id: str) -> list[str]:
+        """The room's forward extremities, deepest first."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT e.event_id FROM forward_extremities f JOIN events e USING (event_nid)
+                   WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_nid DESC""",
+                (room_id,),
+            )
+        ]
+
+    def set_forward_extremities(self, room_id: str, event_ids: Iterable[str]) -> None:
+        nids = self.event_nids(event_ids)
+        self.db.execute("DELETE FROM forward_extremities WHERE room_id = ?", (room_id,))
+        self.db.executemany(
+            "INSERT INTO forward_extremities (room_id, event_nid) VALUES (?, ?)",
+            [(room_id, nid) for nid in nids.values()],
+        )
+
+    def has_accepted_child(self, event_id: str) -> bool:
+        """True if an accepted event in the DAG lists ``event_id`` as a prev event."""
+        return (
+            self.db.query_one(
+                """SELECT 1 FROM event_edges g JOIN events e ON e.event_nid = g.event_nid
+                   WHERE g.prev_event_id = ? AND e.status = 'accepted' LIMIT 1""",
+                (event_id,),
+            )
+            is not None
+        )
+
+    def children(self, event_id: str) -> list[str]:
+        """Events in the DAG (any status but outlier) listing ``event_id`` as a prev event."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT e.event_id FROM event_edges g JOIN events e ON e.event_nid = g.event_nid
+                   WHERE g.prev_event_id = ? ORDER BY e.event_nid""",
+                (event_id,),
+            )
+        ]
+
+    def min_depth(self, room_id: str) -> int:
+        row = self.db.query_one(
+            "SELECT MIN(depth) FROM events WHERE room_id = ? AND status IN ('accepted', 'soft_failed')",
+            (room_id,),
+        )
+        return int(row[0]) if row and row[0] is not None else 0
+
+    def membership_events(self, room_id: str, user_id: str) -> list[EventMeta]:
+        """Every stored membership event of ``user_id`` in the room."""
+        rows = self.db.query(
+            f"SELECT {_META_COLUMNS} FROM events WHERE room_id = ? AND type = ? AND state_key = ?"
+            " ORDER BY event_nid",
+            (room_id, MEMBER, user_id),
+        )
+        return [_meta_from_row(r) for r in rows]
+
+    # -- state ----------------------------------------------------------------
+
+    def state_map(self, group: int) -> StateMap:
+        return self.state_groups.load(group)
+
+    def current_state(self, room_id: str) -> StateMap:
+        record = self.room(room_id)
+        if record is None or record.current_state_group is None:
+            return {}
+        return self.state_groups.load(record.current_state_group)
+
+    def set_current_state(self, room_id: str, group: int) -> dict[StateKey, str | None]:
+        """Make ``group`` the room's current state (inside a transaction).
+
+        Updates ``current_state`` and ``joined_servers`` by the difference,
+        which is returned.
+        """
+        record = self.room(room_id)
+        if record is None:
+            raise KeyError(f"unknown room {room_id}")
+        if record.current_state_group == group:
+            return {}
+        old = self.current_state(room_id)
+        new = self.state_groups.load(group)
+        delta = diff_states(old, new)
+        changed_members = [k for k in delta if k[0] == MEMBER]
+        events = self.load_events(
+            [v for k in changed_members for v in (old.get(k), new.get(k)) if v is not None],
+            allow_rejected=True,
+        )
+
+        def membership(event_id: str | None) -> str | None:
+            event = events.get(event_id) if event_id is not None else None
+            return event.membership if event is not None else None
+
+        server_change: dict[str, int] = {}
+        for key in changed_members:
+            was = membership(old.get(key)) == "join"
+            now = membership(new.get(key)) == "join"
+            if was != now:
+                server = sender_server(key[1])
+                server_change[server] = server_change.get(server, 0) + (1 if now else -1)
+        deletes = [(room_id, k[0], k[1]) for k, v in delta.items() if v is None]
+        self.db.executemany(
+            "DELETE FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?", deletes
+        )
+        upserts = {k: v for k, v in delta.items() if v is not None}
+        nids = self.event_nids(upserts.values())
+        self.db.executemany(
+            """INSERT OR REPLACE INTO current_state (room_id, type, state_key, event_nid, membership)
+               VALUES (?, ?, ?, ?, ?)""",
+            [
+                (room_id, k[0], k[1], nids[v], membership(v) if k[0] == MEMBER else None)
+                for k, v in upserts.items()
+            ],
+        )
+        for server, change in server_change.items():
+            if not change:
+                continue
+            row = self.db.query_one(
+                "SELECT joined_members FROM joined_servers WHERE room_id = ? AND server_name = ?",
+                (room_id, server),
+            )
+            count = (int(row[0]) if row else 0) + change
+            if count > 0:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO joined_servers (room_id, server_name, joined_members)"
+                    " VALUES (?, ?, ?)",
+                    (room_id, server, count),
+                )
+            else:
+                self.db.execute(
+                    "DELETE FROM joined_servers WHERE room_id = ? AND server_name = ?",
+                    (room_id, server),
+                )
+        self.db.execute(
+            "UPDATE rooms SET current_state_group = ? WHERE room_id = ?", (group, room_id)
+        )
+        self._rooms.pop(room_id, None)
+        return delta
+
+    def joined_servers(self, room_id: str) -> set[str]:
+        return {
+            r[0]
+            for r in self.db.query(
+                "SELECT server_name FROM joined_servers WHERE room_id = ?", (room_id,)
+            )
+        }
+
+    def current_membership(self, room_id: str, user_id: str) -> str | None:
+        row = self.db.query_one(
+            "SELECT membership FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
+            (room_id, MEMBER, user_id),
+        )
+        return row[0] if row else None
+
+    def joined_members(self, room_id: str) -> list[str]:
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT state_key FROM current_state WHERE room_id = ? AND type = ?
+                   AND membership = 'join' ORDER BY state_key""",
+                (room_id, MEMBER),
+            )
+        ]
+
+    # -- checks ---------------------------------------------------------------
+
+    def check_consistency(self) -> list[str]:
+        """Database integrity plus the store's own invariants; [] when sound."""
+        problems = self.db.integrity_check()
+        problems += [
+            f"event {r[0]} ({r[1]}) has no state"
+            for r in self.db.query(
+                """SELECT event_id, status FROM events WHERE status IN ('accepted', 'soft_failed')
+                   AND (state_before IS NULL OR state_after IS NULL)"""
+            )
+        ]
+        problems += [
+            f"forward extremity {r[0]} is {r[1]}"
+            for r in self.db.query(
+                """SELECT e.event_id, e.status FROM forward_extremities f JOIN events e USING (event_nid)
+                   WHERE e.status != 'accepted'"""
+            )
+        ]
+        for room_id in self.room_ids():
+            record = self.room(room_id)
+            assert record is not None
+            expected = dict(self.current_state(room_id))
+            rows = self.db.query(
+                """SELECT c.type, c.state_key, e.event_id FROM current_state c
+                   JOIN events e USING (event_nid) WHERE c.room_id = ?""",
+                (room_id,),
+            )
+            if {(r[0], r[1]): r[2] for r in rows} != expected:
+                problems.append(f"{room_id}: current_state table differs from its state group")
+            counts: dict[str, int] = {}
+            for (type_, state_key), event_id in expected.items():
+                if type_ == MEMBER:
+                    event = self.load_event(event_id, allow_rejected=True)
+                    if event is not None and event.membership == "join":
+                        server = sender_server(state_key)
+                        counts[server] = counts.get(server, 0) + 1
+            stored = dict(
+                self.db.query(
+                    "SELECT server_name, joined_members FROM joined_servers WHERE room_id = ?",
+                    (room_id,),
+                )
+            )
+            if stored != counts:
+                problems.append(f"{room_id}: joined_servers {stored} != {counts}")
+        return problems
+
+    def table_rows(self) -> dict[str, int]:
+        """Row counts per table (for benchmarks and tests of compactness)."""
+        tables = [
+            r[0]
+            for r in self.db.query(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+        ]
+        return {t: int(self.db.query(f"SELECT COUNT(*) FROM {t}")[0][0]) for t in sorted(tables)}

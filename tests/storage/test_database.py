@@ -1,0 +1,92 @@
+from pathlib import Path
+
+import apsw
+import pytest
+
+from p2pserver.storage.database import APPLICATION_ID, Database, SchemaTooNew, StorageError
+from p2pserver.storage.schema import MIGRATIONS
+
+
+def test_fresh_database_is_at_latest_version(tmp_path: Path) -> None:
+    db = Database(tmp_path / "rooms.db")
+    assert db.schema_version == len(MIGRATIONS)
+    assert db.query("PRAGMA journal_mode")[0][0] == "wal"
+    assert db.query("PRAGMA application_id")[0][0] == APPLICATION_ID
+    assert db.integrity_check() == []
+    db.close()
+
+
+def test_migrations_run_in_order_once(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def step(n: int):
+        def migrate(conn: apsw.Connection) -> None:
+            calls.append(n)
+            conn.execute(f"CREATE TABLE t{n} (x)")
+
+        return migrate
+
+    path = tmp_path / "rooms.db"
+    Database(path, migrations=[step(1)]).close()
+    db = Database(path, migrations=[step(1), step(2), step(3)])
+    assert calls == [1, 2, 3]
+    assert db.schema_version == 3
+    db.close()
+    Database(path, migrations=[step(1), step(2), step(3)]).close()
+    assert calls == [1, 2, 3]
+
+
+def test_failed_migration_leaves_previous_version(tmp_path: Path) -> None:
+    def ok(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE a (x)")
+
+    def broken(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE b (x)")
+        raise RuntimeError("boom")
+
+    path = tmp_path / "rooms.db"
+    with pytest.raises(RuntimeError):
+        Database(path, migrations=[ok, broken])
+    db = Database(path, migrations=[ok])
+    assert db.schema_version == 1
+    assert db.query("SELECT name FROM sqlite_master WHERE name = 'b'") == []
+    db.close()
+
+
+def test_newer_database_refuses_to_start(tmp_path: Path) -> None:
+    path = tmp_path / "rooms.db"
+    Database(path).close()
+    conn = apsw.Connection(str(path))
+    conn.execute(f"PRAGMA user_version={len(MIGRATIONS) + 5}")
+    conn.close()
+    with pytest.raises(SchemaTooNew, match="newer p2pserver"):
+        Database(path)
+
+
+def test_foreign_database_refused(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    conn = apsw.Connection(str(path))
+    conn.execute("CREATE TABLE x (y); PRAGMA user_version=3")
+    conn.close()
+    with pytest.raises(StorageError, match="not a p2pserver database"):
+        Database(path)
+    garbage = tmp_path / "garbage.db"
+    garbage.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StorageError):
+        Database(garbage)
+
+
+def test_transaction_rolls_back_and_calls_hooks(tmp_path: Path) -> None:
+    db = Database(tmp_path / "rooms.db", migrations=[lambda c: c.execute("CREATE TABLE t (x)")])
+    hooks: list[str] = []
+    db.on_rollback(lambda: hooks.append("rolled back"))
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES (1)")
+    with pytest.raises(ValueError), db.transaction():
+        db.execute("INSERT INTO t VALUES (2)")
+        raise ValueError
+    assert db.query("SELECT x FROM t") == [(1,)]
+    assert hooks == ["rolled back"]
+    with pytest.raises(RuntimeError), db.transaction(), db.transaction():
+        pass
+    db.close()
