@@ -1,24 +1,34 @@
-"""Auth chains and the auth chain difference, over the stored auth DAG.
+"""Auth chains, the auth difference and the conflicted state subgraph, from the stored DAG.
 
-Definitions (server-server spec, state resolution v2): the *auth chain* of
-an event is its auth events, their auth events, and so on. State resolution
-needs the *auth chain difference* of some state sets: the events that are
-in the auth chain of some, but not all, of the sets.
+Definitions (as :mod:`p2pserver.state.source` states them, after the spec):
+the *auth chain* of an event is its auth events, theirs, and so on, not the
+event itself. The *full auth chain* of a state set is the union of its
+events' auth chains (a set's own events are in it only if reached from
+another of its events). The *auth difference* of state sets is the union of
+their full auth chains minus the intersection. The *conflicted state
+subgraph* of a set K is every event on an auth-events path from one event
+of K to another, endpoints included (plus K's own events, which callers
+union in anyway). Only *held* events take part: ``event_auth`` has edges
+only between stored, non-rejected events, so walks never meet the others.
 
-Like Synapse and the other homeservers, a state set's chain here includes
-the set's own events. This changes nothing in the result that matters: an
-event in only some sets is a conflicted state event anyway, and an event in
-every set is in every chain either way.
+Theory of operation: an event is stored only after its auth events, so the
+insertion order (``event_nid``) is a topological order of the auth DAG, auth
+events first. That lets both questions be answered by a walk that visits
+only the part of the DAG that matters, never a whole room:
 
-Theory of operation: events are stored only after their auth events, so
-the insertion order (``event_nid``) is a topological order of the auth DAG
-(auth events first). Walking from the highest nid down, every event is visited after all the events (among those walked)
-that cite it, so when it is popped its set of "reached by" sets (a bitmask)
-is final. The walk starts from the union of the state sets and stops as
-soon as every event still queued is reached by all sets: everything below
-them is then reached by all sets too, so it cannot be in the difference.
-Events shared by all sets therefore cost little, and resolution never loads
-a whole room's history. Auth edges are cached by nid (they never change).
+- Difference: pop events from the highest nid down, starting from the
+  state sets' events. When an event is popped, every walked event citing
+  it has been popped before it, so the bitmask of state sets whose full
+  chain holds it is final; it passes that mask, plus the sets holding it,
+  to its auth events. The walk stops once every queued event passes on all
+  sets and is reached by none or all of them: from then on every event
+  below is reached by all sets (or by none), so none can be in the
+  difference. Events shared by all sets therefore cost little.
+- Subgraph: an event on a path between two events of K lies above the
+  lowest of them in nid order, so the walk from K goes no lower than that,
+  then decides, auth events first, which walked events lead to K.
+
+Auth edges are cached by nid (they never change once committed).
 """
 
 from __future__ import annotations
@@ -51,7 +61,8 @@ class AuthChains:
         for batch in chunks(missing):
             found: dict[int, list[int]] = {nid: [] for nid in batch}
             for nid, auth_nid in self.db.query(
-                f"SELECT event_nid, auth_nid FROM event_auth WHERE event_nid IN ({placeholders(len(batch))})",
+                "SELECT event_nid, auth_nid FROM event_auth"
+                f" WHERE event_nid IN ({placeholders(len(batch))})",
                 batch,
             ):
                 found[nid].append(auth_nid)
@@ -61,8 +72,17 @@ class AuthChains:
                 out[nid] = edges
         return out
 
+    def _edges_of(self, nid: int) -> tuple[int, ...]:
+        edges = self._edges.get(nid)
+        if edges is None:
+            edges = self.auth_edges([nid])[nid]
+        for auth_nid in edges:
+            if auth_nid >= nid:
+                raise RuntimeError(f"auth edge {nid} -> {auth_nid} breaks the nid order")
+        return edges
+
     def auth_chain(self, nids: Iterable[int]) -> set[int]:
-        """The auth chain of the given events (not including them, unless reached)."""
+        """The union of the auth chains of the given events."""
         result: set[int] = set()
         frontier = list(dict.fromkeys(nids))
         while frontier:
@@ -76,37 +96,62 @@ class AuthChains:
         return result
 
     def difference(self, state_sets: Sequence[Iterable[int]]) -> set[int]:
-        """Events in the auth chain of some but not all of ``state_sets``."""
-        sets = [set(s) for s in state_sets]
-        if len(sets) < 2:
+        """The auth difference of ``state_sets`` (sets of nids)."""
+        if not state_sets:
             return set()
-        full = (1 << len(sets)) - 1
-        reached: dict[int, int] = {}
-        for index, nids in enumerate(sets):
+        full = (1 << len(state_sets)) - 1
+        own: dict[int, int] = {}
+        for index, nids in enumerate(state_sets):
             bit = 1 << index
             for nid in nids:
-                reached[nid] = reached.get(nid, 0) | bit
-        heap = [-nid for nid in reached]
+                own[nid] = own.get(nid, 0) | bit
+        reached: dict[int, int] = {}
+
+        def undecided(nid: int) -> bool:
+            # Still able to put something into the difference, itself or below.
+            mask = reached.get(nid, 0)
+            return (own.get(nid, 0) | mask) != full or mask not in (0, full)
+
+        heap = [-nid for nid in own]
         heapq.heapify(heap)
-        self.auth_edges(reached)  # one batched query to warm the cache
-        # How many queued events are not yet reached by every set.
-        partial = sum(1 for mask in reached.values() if mask != full)
-        while heap and partial:
+        queued = set(own)
+        self.auth_edges(own)  # one batched query to warm the cache
+        pending = sum(1 for nid in queued if undecided(nid))
+        while heap and pending:
             nid = -heapq.heappop(heap)
-            mask = reached[nid]
-            if mask != full:
-                partial -= 1
-            for auth_nid in self.auth_edges([nid])[nid]:
-                if auth_nid >= nid:
-                    raise RuntimeError(f"auth edge {nid} -> {auth_nid} breaks the nid order")
-                old = reached.get(auth_nid)
-                if old is None:
-                    reached[auth_nid] = mask
+            queued.discard(nid)
+            if undecided(nid):
+                pending -= 1
+            passed_on = own.get(nid, 0) | reached.get(nid, 0)
+            for auth_nid in self._edges_of(nid):
+                if auth_nid in queued:
+                    before = undecided(auth_nid)
+                    reached[auth_nid] = reached.get(auth_nid, 0) | passed_on
+                    pending += undecided(auth_nid) - before
+                else:  # first met: nothing below the popped events cites it yet
+                    reached[auth_nid] = passed_on
+                    queued.add(auth_nid)
                     heapq.heappush(heap, -auth_nid)
-                    if mask != full:
-                        partial += 1
-                elif old | mask != old:
-                    reached[auth_nid] = old | mask
-                    if old | mask == full:
-                        partial -= 1  # it is queued: it was not popped yet
+                    pending += undecided(auth_nid)
         return {nid for nid, mask in reached.items() if mask != full}
+
+    def conflicted_subgraph(self, conflicted: Iterable[int]) -> set[int]:
+        """The conflicted state subgraph of ``conflicted`` (nids), plus those events."""
+        targets = set(conflicted)
+        if not targets:
+            return set()
+        floor = min(targets)
+        walked: dict[int, tuple[int, ...]] = {}
+        frontier = list(targets)
+        while frontier:
+            edges = self.auth_edges(frontier)
+            frontier = []
+            for nid, auth in edges.items():
+                kept = tuple(a for a in auth if a >= floor)
+                walked[nid] = kept
+                frontier.extend(a for a in kept if a not in walked)
+            frontier = list(dict.fromkeys(frontier))
+        leads: dict[int, bool] = {}
+        for nid in sorted(walked):  # auth events first
+            leads[nid] = nid in targets or any(leads[a] for a in walked[nid])
+        return {nid for nid, on_path in leads.items() if on_path}

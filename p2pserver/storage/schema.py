@@ -16,8 +16,7 @@ Theory of the tables (version 1):
   auth events, so it is a topological order of the auth DAG.
 - ``event_edges`` (prev_events, by ID since a prev event may be missing) and
   ``event_auth`` (auth events, by nid, only for non-rejected events, whose
-  auth events are all stored) are the DAG. In room version 12 the create
-  event is recorded as an auth edge too, although it is not listed.
+  auth events are all stored) are the DAG.
 - ``forward_extremities``: per room, the accepted events without a known
   child; local events point at them.
 - State groups: the state at an event is a group. A group is either a

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -269,15 +269,27 @@ class Store:
     def get_events(self, event_ids: Iterable[str]) -> dict[str, Event]:
         return self.load_events(event_ids)
 
-    def auth_chain_difference(self, state_sets: Sequence[Mapping[StateKey, str]]) -> set[str]:
-        """Events in the auth chain of some but not all state sets (see :mod:`.auth_chains`)."""
-        nid_sets = [self.event_nids(s.values()).values() for s in state_sets]
+    def _held_nids(self, event_ids: Iterable[str]) -> dict[str, int]:
+        return {
+            event_id: meta.nid
+            for event_id, meta in self.event_metas(event_ids).items()
+            if meta.status != EventStatus.REJECTED
+        }
+
+    def auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
+        """The auth difference of ``state_sets`` (see :mod:`.auth_chains`)."""
+        nid_sets = [self._held_nids(s).values() for s in state_sets]
         difference = self.auth_chains.difference(nid_sets)
         return set(self.event_ids_for_nids(difference).values())
 
+    def conflicted_state_subgraph(self, conflicted: Collection[str]) -> set[str]:
+        """The conflicted state subgraph of ``conflicted``, plus its held events."""
+        subgraph = self.auth_chains.conflicted_subgraph(self._held_nids(conflicted).values())
+        return set(self.event_ids_for_nids(subgraph).values())
+
     def auth_chain_ids(self, event_ids: Iterable[str]) -> set[str]:
-        """The auth chain of the given events, as event IDs."""
-        chain = self.auth_chains.auth_chain(self.event_nids(event_ids).values())
+        """The union of the auth chains of the given held events, as event IDs."""
+        chain = self.auth_chains.auth_chain(self._held_nids(event_ids).values())
         return set(self.event_ids_for_nids(chain).values())
 
     def _next_stream_ordering(self) -> int:
@@ -408,13 +420,11 @@ class Store:
         )
 
     def _insert_auth_edges(self, nid: int, event: Event) -> None:
-        auth_ids = list(event.auth_event_ids)
-        if event.room_version.room_id_is_create_event_hash and not event.is_create():
-            # v12: the create event authorises everything without being listed.
-            auth_ids.append("$" + event.room_id[1:])
+        # Only the listed auth events, as the spec's auth chain has it: in
+        # v12 the create event is not listed, so it is in no auth chain.
         self.db.executemany(
             "INSERT OR IGNORE INTO event_auth (event_nid, auth_nid) VALUES (?, ?)",
-            [(nid, auth_nid) for auth_nid in self.event_nids(auth_ids).values()],
+            [(nid, auth_nid) for auth_nid in self.event_nids(event.auth_event_ids).values()],
         )
 
     def _record_redaction(self, nid: int, event: Event) -> None:

@@ -44,12 +44,12 @@ def _ancestors(edges: list[list[int]], start: set[int]) -> set[int]:
 def test_difference_matches_brute_force(dag: tuple[list[list[int]], list[set[int]]]) -> None:
     edges, sets = dag
     store, nids = _store_dag(edges)
-    chains = [s | _ancestors(edges, s) for s in sets]
-    expected = set().union(*chains) - set.intersection(*chains) if len(sets) > 1 else set()
+    chains = [_ancestors(edges, s) for s in sets]  # a set's own events only if reached
+    expected = set().union(*chains) - set.intersection(*chains)
     got = store.auth_chains.difference([{nids[i] for i in s} for s in sets])
     assert got == {nids[i] for i in expected}
     # and through the EventSource interface, by event ID
-    state_sets = [{("t", str(i)): f"$e{i}" for i in s} for s in sets]
+    state_sets = [{f"$e{i}" for i in s} for s in sets]
     assert store.auth_chain_difference(state_sets) == {f"$e{i}" for i in expected}
     store.close()
 
@@ -78,6 +78,32 @@ def test_shared_history_is_not_walked() -> None:
         return result
 
     store.auth_chains.auth_edges = counting  # type: ignore[method-assign]
-    assert store.auth_chains.difference([{nids[2000]}, {nids[2001]}]) == {nids[2000], nids[2001]}
+    assert store.auth_chains.difference([{nids[2000]}, {nids[2001]}]) == set()
+    assert store.auth_chains.difference([{nids[2000]}, {nids[1999]}]) == {nids[1999]}
     assert len(set(queried)) < 10
+    store.close()
+
+
+def _on_paths(edges: list[list[int]], targets: set[int]) -> set[int]:
+    """Brute force: events on an auth path between two targets, plus the targets."""
+    result = set(targets)
+    for x in range(len(edges)):
+        below = _ancestors(edges, {x})
+        above_x = any(x in _ancestors(edges, {t}) or x == t for t in targets)
+        if above_x and below & targets:
+            result.add(x)
+    return result
+
+
+@given(auth_dags())
+def test_conflicted_subgraph_matches_brute_force(
+    dag: tuple[list[list[int]], list[set[int]]],
+) -> None:
+    edges, sets = dag
+    store, nids = _store_dag(edges)
+    conflicted = set().union(*sets)
+    expected = _on_paths(edges, conflicted)
+    assert store.conflicted_state_subgraph({f"$e{i}" for i in conflicted}) == {
+        f"$e{i}" for i in expected
+    }
     store.close()
