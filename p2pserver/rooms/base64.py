@@ -24,7 +24,10 @@ def decode_base64(text: str) -> bytes:
     if len(stripped) % 4 == 1:
         raise ValueError("invalid base64 length")
     padded = stripped + "=" * (-len(stripped) % 4)
-    altchars = b"-_" if ("-" in padded or "_" in padded) else None
+    urlsafe = "-" in padded or "_" in padded
+    if urlsafe and ("+" in padded or "/" in padded):
+        raise ValueError("base64 data mixes the standard and URL-safe alphabets")
+    altchars = b"-_" if urlsafe else None
     try:
         return base64.b64decode(padded, altchars=altchars, validate=True)
     except (binascii.Error, ValueError):
