@@ -235,9 +235,15 @@ def test_5_3_5_2_authorised_join_allowed(version, join_rule):
 
 @versions
 @pytest.mark.parametrize("join_rule", ["restricted", "knock_restricted"])
-def test_5_3_5_2_missing_authoriser_rejected(version, join_rule):
+@pytest.mark.parametrize("previous", [None, "leave", "knock"])
+def test_5_3_5_2_missing_authoriser_rejected(version, join_rule, previous):
     bob = new_user("bob")
     room = new_room(version, join_rule=join_rule)
+    if previous == "leave":
+        room.invite(room.creator, bob)
+        room.send_member(bob, bob, "leave")
+    elif previous == "knock" and join_rule == "knock_restricted":
+        room.send_member(bob, bob, "knock")
     with pytest.raises(AuthError, match="join without join_authorised_via_users_server"):
         room.check(room.member(bob, bob, "join"))
 
