@@ -41,7 +41,6 @@ Everything here is pure: no I/O, no mutation of events or maps.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -62,6 +61,10 @@ from p2pserver.rooms.power_levels import (
 )
 from p2pserver.rooms.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from p2pserver.rooms.signing import server_name_verify_key, verify_event_signature, verify_json
+
+# Rule 1.4 (v12) and 10.3 validate user IDs exactly as the format check
+# validates `sender` (the historical grammar); re-exported for callers.
+from p2pserver.rooms.validation import is_valid_user_id
 
 __all__ = [
     "MissingAuthEvents",
@@ -106,29 +109,6 @@ class MissingAuthEvents(Exception):
 
 
 # -- identifiers --------------------------------------------------------------
-
-# Appendix "User Identifiers": @localpart:server_name, at most 255 bytes.
-# The localpart allows the historical character set (printable ASCII but
-# ':'), which servers must still accept from federation.
-_SERVER_NAME = re.compile(
-    r"""(?:
-        [0-9]{1,3}(?:\.[0-9]{1,3}){3}      # IPv4address
-      | \[[0-9A-Fa-f:.]{2,45}\]            # "[" IPv6address "]"
-      | [0-9A-Za-z.-]{1,255}               # dns-name
-    )(?::[0-9]{1,5})?\Z""",
-    re.VERBOSE,
-)
-_LOCALPART = re.compile(r"[\x21-\x39\x3b-\x7e]+\Z")
-
-
-def is_valid_user_id(user_id: object) -> bool:
-    """Whether ``user_id`` is a user ID by the appendix grammar."""
-    if not isinstance(user_id, str) or not user_id.startswith("@"):
-        return False
-    if len(user_id.encode("utf-8")) > 255:
-        return False
-    localpart, colon, server_name = user_id[1:].partition(":")
-    return bool(colon and _LOCALPART.match(localpart) and _SERVER_NAME.match(server_name))
 
 
 def create_event_id_for_room(room_id: str) -> str:
