@@ -39,7 +39,9 @@ reset the stream and earn a strike; ``strikes_to_ban`` strikes within
 Addresses. By default the node listens on the concrete IPv4 address of
 every interface (libp2p must not listen on 0.0.0.0 for mDNS to advertise
 usable addresses) on one port, chosen once and remembered in
-``<data_dir>/libp2p-port``. QUIC stays off (flaky reconnects with one
+``<data_dir>/libp2p-port``. libp2p binds with SO_REUSEPORT, which would let
+a second process share a taken port (and half its connections), so the
+port is probed first; a remembered port that is taken is replaced. QUIC stays off (flaky reconnects with one
 connection per peer).
 
 Lifecycle. ``async with net.running():`` starts the host and a nursery that
@@ -55,6 +57,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -171,6 +174,17 @@ def interface_ipv4_addresses() -> list[str]:
             if ip.is_IPv4 and isinstance(ip.ip, str) and ip.ip not in ips:
                 ips.append(ip.ip)
     return ips
+
+
+def port_is_free(ip: str, port: int) -> bool:
+    """Whether nothing listens on ``ip:port`` (bind without SO_REUSEPORT, as a probe)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is fine
+        try:
+            probe.bind((ip, port))
+        except OSError:
+            return False
+    return True
 
 
 def read_port_file(data_dir: Path) -> int | None:
@@ -316,6 +330,14 @@ class _Peer:
     @property
     def busy(self) -> bool:
         return bool(self.inflight_in or self.inflight_out or self.open_lock.locked())
+
+
+def _now() -> float:
+    """trio's clock; 0 outside trio (add_peer_address may be called before running)."""
+    try:
+        return trio.current_time()
+    except RuntimeError:
+        return 0.0
 
 
 class _StreamBroken(Exception):
@@ -485,11 +507,16 @@ class Libp2pNetwork(Network):
         remembered = port is None and self._data_dir is not None
         if port is None:
             port = (read_port_file(self._data_dir) if self._data_dir is not None else None) or 0
+        # libp2p listens with SO_REUSEPORT, so a second listener on a taken port
+        # would silently share its connections: probe first.
+        taken = [ip for ip in ips if port and not port_is_free(ip, port)]
+        if taken and remembered:
+            logger.warning("remembered port %d is taken; choosing a new one", port)
+            port = 0
+        elif taken:
+            raise OSError(f"port {port} is already in use on {taken}")
         swarm = host.get_network()
         bound = await self._listen_on(swarm, ips, port)
-        if not bound and port != 0 and remembered:
-            logger.warning("remembered port %d is taken; choosing a new one", port)
-            bound = await self._listen_on(swarm, ips, 0)
         if not bound:
             raise OSError(f"could not listen on any of {ips} (port {port})")
         self._listen_addrs = [str(a) for a in host.get_transport_addrs()]
@@ -569,7 +596,7 @@ class Libp2pNetwork(Network):
         peer = self._peers.get(server_name)
         if peer is None:
             peer_id = peer_id_for_server_name(server_name)
-            peer = _Peer(server_name, peer_id, self.config, trio.current_time())
+            peer = _Peer(server_name, peer_id, self.config, _now())
             self._peers[server_name] = peer
         return peer
 
