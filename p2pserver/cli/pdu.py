@@ -9,7 +9,8 @@ rules, except by ``canonical`` without ``--strict``.
 - ``canonical [--strict]``: any JSON value -> ``{"canonical": text}``.
 - ``redact``: PDU -> the redacted PDU.
 - ``id``: PDU -> ``{"event_id", "content_hash", "reference_hash", "room_id"}``
-  (hashes in unpadded standard Base64; a v12 create event's room ID derived).
+  (hashes in unpadded standard Base64; a v12 create event's room ID derived;
+  an `event_id` key is ignored, as event format v3+ has none).
 - ``sign``: PDU -> the same PDU with `hashes` and our signature added.
 - ``verify``: PDU -> ``{"outcome": "accept"|"redact"|"reject", "event_id",
   "error"}``: the receipt checks (format, signatures, content hash). A PDU
