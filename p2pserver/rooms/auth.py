@@ -57,7 +57,6 @@ from p2pserver.rooms.power_levels import (
     get_named_level,
     get_required_power_level,
     get_user_power_level,
-    is_creator,
 )
 from p2pserver.rooms.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
 from p2pserver.rooms.signing import server_name_verify_key, verify_event_signature, verify_json
@@ -647,11 +646,11 @@ def _check_power_levels(
             raise AuthError(f"m.room.power_levels: {name} is not an object of integers")
     # 10.3 users: an object from user IDs to integers.
     users = content.get("users", {})
-    if not _is_int_map(users) or not all(is_valid_user_id(u) for u in users):
+    if not _is_int_map(users) or not _keys_are_user_ids(event, users):
         raise AuthError("m.room.power_levels: users is not an object from user IDs to integers")
     # 10.4 (v12) Creators may not be listed: their level is fixed.
     if create.room_version.privileged_creators and any(
-        is_creator(user_id, create) for user_id in users
+        creator in users for creator in get_creators(create)
     ):
         raise AuthError("m.room.power_levels: users must not contain a room creator")
 
@@ -707,6 +706,26 @@ def _check_power_levels(
         if _level_above(new_value, sender_level):
             raise AuthError(f"m.room.power_levels: cannot raise {user_id} above the sender's level")
     # 10.11 Otherwise, allow.
+
+
+# 10.3 costs about a microsecond per user ID, milliseconds for a big room,
+# and state resolution checks the same power-levels event again and again.
+# `users` survives redaction, so the event ID fixes it: remember the verdict.
+_MEMO_MIN_USERS = 64
+_MEMO_MAX_ENTRIES = 1024
+_users_valid_memo: dict[str, bool] = {}
+
+
+def _keys_are_user_ids(event: Event, users: dict[str, Any]) -> bool:
+    if len(users) < _MEMO_MIN_USERS:
+        return all(is_valid_user_id(u) for u in users)
+    verdict = _users_valid_memo.get(event.event_id)
+    if verdict is None:
+        verdict = all(is_valid_user_id(u) for u in users)
+        if len(_users_valid_memo) >= _MEMO_MAX_ENTRIES:
+            _users_valid_memo.clear()
+        _users_valid_memo[event.event_id] = verdict
+    return verdict
 
 
 def _is_int_map(value: object) -> bool:

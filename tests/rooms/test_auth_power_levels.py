@@ -538,3 +538,16 @@ def test_required_power_level(version):
     assert get_required_power_level(room.state, "m.custom", None) == 1
     # The events map applies to state and message events alike.
     assert get_required_power_level(room.state, "m.room.topic", None) == 10
+
+
+@versions
+def test_10_3_big_users_maps(version):
+    # Big maps take the memoised path of rule 10.3; the verdict must not leak
+    # between events.
+    s = Setup(version)
+    many = {f"@u{i}:example.org": i % 50 for i in range(200)}
+    good = s.pl(s.room.creator, users=dict(s.users(), **many))
+    bad = s.pl(s.room.creator, users=dict(s.users(), **many, **{"u200:example.org": 1}))
+    for _ in range(2):
+        s.allowed(good)
+        s.rejected(bad, "users is not an object from user IDs")
