@@ -40,27 +40,58 @@ _encoder = json.JSONEncoder(
 )
 
 
+_LEAF_TYPES = frozenset({str, bool, type(None)})
+
+
 def _check_value(value: Any) -> None:
-    """Reject values canonical JSON cannot represent (walks the tree once)."""
+    """Reject values canonical JSON cannot represent (walks the tree once).
+
+    Exact built-in types take the fast path (``type(x) is ...``, this runs
+    several times per received PDU); subclasses and the rest go through
+    :func:`_check_other`.
+    """
     stack = [value]
+    pop, extend = stack.pop, stack.extend
     while stack:
-        item = stack.pop()
-        if isinstance(item, str) or item is None or isinstance(item, bool):
+        item = pop()
+        kind = type(item)
+        if kind in _LEAF_TYPES:
             continue
-        if isinstance(item, int):
+        if kind is int:
             if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
                 raise BadJSON(f"integer out of range for canonical JSON: {item}")
-        elif isinstance(item, float):
-            raise BadJSON(f"floats are not allowed in canonical JSON: {item!r}")
-        elif isinstance(item, dict):
-            for key, sub in item.items():
-                if not isinstance(key, str):
-                    raise BadJSON(f"object keys must be strings, not {type(key).__name__}")
-                stack.append(sub)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str:
+                    _check_key(key)
+            extend(item.values())
+        elif kind is list:
+            extend(item)
         else:
-            raise BadJSON(f"not a JSON value: {type(item).__name__}")
+            _check_other(item, stack)
+
+
+def _check_key(key: Any) -> None:
+    if not isinstance(key, str):
+        raise BadJSON(f"object keys must be strings, not {type(key).__name__}")
+
+
+def _check_other(item: Any, stack: list[Any]) -> None:
+    if isinstance(item, (str, bool)):
+        return
+    if isinstance(item, int):
+        if not MIN_SAFE_INTEGER <= item <= MAX_SAFE_INTEGER:
+            raise BadJSON(f"integer out of range for canonical JSON: {item}")
+    elif isinstance(item, float):
+        raise BadJSON(f"floats are not allowed in canonical JSON: {item!r}")
+    elif isinstance(item, dict):
+        for key in item:
+            _check_key(key)
+        stack.extend(item.values())
+    elif isinstance(item, (list, tuple)):
+        stack.extend(item)
+    else:
+        raise BadJSON(f"not a JSON value: {type(item).__name__}")
 
 
 def encode_canonical_json(value: Any) -> bytes:

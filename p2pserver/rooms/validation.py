@@ -177,20 +177,25 @@ def _json_type(value: object) -> str:
     return "null" if value is None else type(value).__name__
 
 
+_PYTHON_TYPES: dict[str, type] = {"string": str, "integer": int, "object": dict, "array": list}
+
+
 def _require(
     obj: Mapping[str, Any], key: str, expected: str, *, optional: bool = False, path: str = ""
 ) -> Any:
     """``obj[key]`` if it has JSON type ``expected``; raise otherwise."""
-    path = path or key
     if key not in obj:
         if optional:
             return None
-        raise _fail(f"missing `{path}`")
-    actual = _json_type(obj[key])
+        raise _fail(f"missing `{path or key}`")
+    value = obj[key]
+    if type(value) is _PYTHON_TYPES[expected]:  # the fast, common case
+        return value
+    actual = _json_type(value)
     if actual != expected:
         article = "an" if expected[0] in "aeio" else "a"
-        raise _fail(f"`{path}` must be {article} {expected}, not {actual}")
-    return obj[key]
+        raise _fail(f"`{path or key}` must be {article} {expected}, not {actual}")
+    return value
 
 
 def _check_length(key: str, value: str) -> None:
