@@ -526,14 +526,17 @@ class Libp2pNetwork(Network):
 
     async def _listen_on(self, swarm: Any, ips: list[str], port: int) -> bool:
         """Listen on every IP with one port (the first IP picks it when ``port`` is 0)."""
+        assert self._host is not None
         bound = False
         for ip in ips:
-            ok = await swarm.listen(multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}"))
-            if ok and not bound:
+            if bound and not port_is_free(ip, port):
+                logger.warning("port %d is taken on %s; not listening there", port, ip)
+                continue
+            if await swarm.listen(multiaddr.Multiaddr(f"/ip4/{ip}/tcp/{port}")):
+                if not bound and port == 0:
+                    port = int(self._host.get_transport_addrs()[-1].value_for_protocol("tcp"))
                 bound = True
-                if port == 0:
-                    port = int(self._host.get_transport_addrs()[-1].value_for_protocol("tcp"))  # type: ignore[union-attr]
-            elif not ok:
+            else:
                 logger.warning("cannot listen on %s port %d", ip, port)
         return bound
 

@@ -4,6 +4,7 @@ import os
 import socket
 import time
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 import multiaddr
 import pytest
@@ -96,7 +97,7 @@ async def raw_host(key):
     host = new_host(
         key_pair=keypair,
         sec_opt={NOISE_ID: Noise(keypair, noise_privkey=create_new_key_pair().private_key)},
-        muxer_opt={YAMUX_ID: Yamux},
+        muxer_opt=cast(Any, {YAMUX_ID: Yamux}),
         connection_config=ConnectionConfig(max_connections_per_peer=1),
     )
     try:
@@ -304,7 +305,8 @@ async def test_a_well_formed_raw_request_is_answered():
             while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "big"):
                 data += await stream.read(65536)
         response = decode_response(data[4:])
-        assert response.id == 7 and response.ok["origin"] == key.server_name
+        assert response.id == 7 and response.ok is not None
+        assert response.ok["origin"] == key.server_name
 
 
 async def test_a_garbage_response_fails_the_request_not_the_node():
@@ -333,7 +335,8 @@ async def test_rate_limit_and_in_flight_cap_answer_limit_exceeded():
                 await a.request(b.server_name, "sleep", {"seconds": 0.3}, timeout=5)
                 outcomes.append("ok")
             except RemoteError as e:
-                assert e.errcode == "M_LIMIT_EXCEEDED" and e.retry_after_ms > 0
+                assert e.errcode == "M_LIMIT_EXCEEDED"
+                assert e.retry_after_ms is not None and e.retry_after_ms > 0
                 outcomes.append("limited")
 
         async with trio.open_nursery() as nursery:
@@ -342,7 +345,8 @@ async def test_rate_limit_and_in_flight_cap_answer_limit_exceeded():
         assert sorted(outcomes) == ["limited", "ok", "ok"]  # in-flight cap of 2
         with pytest.raises(RemoteError) as e:  # the bucket (3) is empty now
             await a.request(b.server_name, "ping", {}, timeout=5)
-        assert e.value.errcode == "M_LIMIT_EXCEEDED" and 0 < e.value.retry_after_ms <= 1001
+        assert e.value.errcode == "M_LIMIT_EXCEEDED"
+        assert e.value.retry_after_ms is not None and 0 < e.value.retry_after_ms <= 1001
 
 
 async def test_least_recently_used_idle_connection_is_pruned():
@@ -445,3 +449,16 @@ def test_addresses_are_checked():
     for bad in (f"/ip4/127.0.0.1/tcp/5/p2p/{other}", "/ip4/127.0.0.1/udp/5", "nonsense"):
         with pytest.raises(ValueError):
             a.add_peer_address(b, [bad])
+
+
+async def test_a_peer_that_dialled_us_can_be_dialled_back():
+    a, b = node(), node(idle_timeout=0.2, maintenance_interval=0.05)
+    async with a.running(), b.running():
+        a.add_peer_address(b.server_name, b.listen_addresses())  # b is not told where a is
+        await a.request(b.server_name, "ping", {}, timeout=5)
+        assert a.server_name in b.known_peers()
+        with trio.fail_after(5):
+            while b.connected_peers():
+                await trio.sleep(0.02)
+        # addresses learnt from libp2p's identify exchange
+        assert (await b.request(a.server_name, "ping", {}, timeout=5))["origin"] == b.server_name

@@ -3,6 +3,7 @@ import functools
 import pytest
 import trio
 import trio.testing
+from trio._core import _run as trio_run
 
 from p2pserver.rooms.errors import AuthError
 from p2pserver.transport import (
@@ -303,7 +304,7 @@ def _all_running(nodes):
 
 def _scenario_trace(seed):
     """A busy scenario: 6 nodes, concurrent requests, a partition and a restart."""
-    trio._core._run._r.seed(seed)  # trio's scheduling RNG (what pytest-trio seeds)
+    trio_run._r.seed(seed)  # trio's private scheduling RNG (what pytest-trio seeds)
     trace = []
 
     async def main():
