@@ -90,6 +90,8 @@ _OUTSIDE_CONTENT_HASH = ("hashes", "signatures", "unsigned")
 # server_name = hostname [":" port]; hostname = IPv4 / "[" IPv6 "]" / dns-name.
 # dns-name's characters include every IPv4 literal.
 _SERVER_NAME = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[0-9A-Za-z.-]{1,255})(?::[0-9]{1,5})?")
+# user_id_localpart = 1*user_id_char (lowercase, digits, -.=_/+)
+_COMPLIANT_LOCALPART = re.compile(r"[a-z0-9._=/+-]+")
 # v4+ event IDs and v12 room IDs: sigil + URL-safe unpadded Base64 of SHA-256.
 _HASH_ID = re.compile(r"[A-Za-z0-9_-]{43}")
 
@@ -104,20 +106,25 @@ def is_valid_server_name(value: object) -> bool:
     return isinstance(value, str) and _SERVER_NAME.fullmatch(value) is not None
 
 
-def is_valid_user_id(value: object) -> bool:
-    """Whether ``value`` is a user ID servers must accept from federation.
+def is_valid_user_id(value: object, *, historical: bool = True) -> bool:
+    """Whether ``value`` is a user ID: ``@localpart:server_name``, at most 255 bytes.
 
-    ``@localpart:server_name``, at most 255 bytes. The localpart follows the
-    *historical* grammar ("Historical User IDs"): any code points but `:`
-    and NUL, even none; rooms contain such senders and servers "must still
-    accept events using such user IDs over federation".
+    By default the localpart follows the *historical* grammar ("Historical
+    User IDs"): any code points but `:` and NUL, even none. Rooms contain
+    such senders and servers "must still accept events using such user IDs
+    over federation". ``historical=False`` asks for the grammar of new user
+    IDs instead: one or more of ``a-z 0-9 . _ = - / +``.
     """
     if not isinstance(value, str) or not value.startswith("@"):
         return False
     if _utf8_len(value) > MAX_ID_BYTES:
         return False
     localpart, colon, server_name = value[1:].partition(":")
-    return bool(colon) and "\x00" not in localpart and is_valid_server_name(server_name)
+    if historical:
+        localpart_ok = "\x00" not in localpart
+    else:
+        localpart_ok = _COMPLIANT_LOCALPART.fullmatch(localpart) is not None
+    return bool(colon) and localpart_ok and is_valid_server_name(server_name)
 
 
 def is_valid_event_id(value: object) -> bool:

@@ -211,6 +211,14 @@ def test_senders_refused(user_id: str) -> None:
     refused(ROOM_V12, make(ROOM_V12, sender=user_id), "`sender` .* is not a user ID")
 
 
+def test_compliant_user_id_grammar_for_new_ids() -> None:
+    for ok in ["@a:x", "@a.b_c=d-e/f+9:example.org:8448"]:
+        assert is_valid_user_id(ok, historical=False)
+    for bad in ["@:x", "@A:x", "@a b:x", "@é:x", "@a#:x", "@a", "a:x"]:
+        assert not is_valid_user_id(bad, historical=False)
+    assert is_valid_user_id("@A b:x")  # historical: still accepted over federation
+
+
 def test_server_name_grammar() -> None:
     for name in ["example.org", "example.org:8448", "1.2.3.4", "[1234:5678::abcd]:5678"]:
         assert is_valid_server_name(name)
