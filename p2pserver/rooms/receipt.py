@@ -212,18 +212,18 @@ def verify_event(event: Event, keys: KeyLookup = hex_server_keys) -> Outcome:
     """Check ``event``'s signatures, then its content hash (receipt steps 2, 3)."""
     room_version = event.room_version
     pdu = event.pdu
-    digests = None
+    precomputed = None
     if isinstance(event, ParsedEvent):
-        digests, event.digests = event.digests, None  # used once; don't keep the bytes
+        precomputed, event.precomputed = event.precomputed, None  # used once; don't keep the bytes
     try:
-        if digests is not None:
-            content_hash, message = digests
+        if precomputed is not None:
+            content_hash, message = precomputed
         else:
             content_hash, message = b"", reference_hash_input(pdu, room_version)
         # Step 2: signatures, over the redacted event.
         for server_name in required_signers(event):
             check_signatures(message, pdu.get("signatures"), server_name, keys(server_name))
-        if digests is None:
+        if precomputed is None:
             content_hash = compute_content_hash(pdu)
     except MatrixError as exc:  # SignatureError, or BadJSON from an unchecked Event
         return Outcome(REJECT, event, exc.message)

@@ -44,7 +44,7 @@ hashes (:mod:`p2pserver.rooms.receipt`).
 Rule 8 and the event ID come out of the two canonical encodings receipt
 needs anyway (the content-hash input and the reference-hash input), so a
 PDU is encoded twice on the way in, not four times; :func:`parse_pdu`
-passes both digests on to :func:`~p2pserver.rooms.receipt.verify_event`.
+passes both results on to :func:`~p2pserver.rooms.receipt.verify_event`.
 """
 
 from __future__ import annotations
@@ -159,9 +159,9 @@ class ParsedEvent(Event):
     need not encode the PDU again; verify_event drops them once used.
     """
 
-    __slots__ = ("digests",)
+    __slots__ = ("precomputed",)
 
-    digests: tuple[bytes, bytes] | None  # (content hash, reference-hash input)
+    precomputed: tuple[bytes, bytes] | None  # (content hash, reference-hash input)
 
 
 def _fail(message: str) -> EventFormatError:
@@ -309,7 +309,7 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
 
     event_id = "$" + encode_base64(hashlib.sha256(reference_bytes).digest(), urlsafe=True)
     event = ParsedEvent(pdu, room_version, event_id=event_id)
-    event.digests = (hashlib.sha256(content_bytes).digest(), reference_bytes)
+    event.precomputed = (hashlib.sha256(content_bytes).digest(), reference_bytes)
     return event
 
 

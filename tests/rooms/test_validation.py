@@ -5,12 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.canonical_json import MAX_SAFE_INTEGER, encode_canonical_json
 from p2pserver.rooms.errors import EventFormatError, EventTooLarge
 from p2pserver.rooms.events import Event
 from p2pserver.rooms.hashing import compute_event_id
+from p2pserver.rooms.receipt import ACCEPT, REDACT, REJECT, verify_event
 from p2pserver.rooms.room_versions import ROOM_V10, ROOM_V11, ROOM_V12, RoomVersion
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.rooms.validation import (
@@ -363,3 +366,31 @@ def test_parse_pdu_json(version: RoomVersion) -> None:
                 body[:-1], "", b"\xff"]:
         with pytest.raises(EventFormatError, match="invalid PDU"):
             parse_pdu_json(bad, version)
+
+
+# -- never a crash ----------------------------------------------------------------------------
+
+json_leaf = st.none() | st.booleans() | st.integers(-(2**64), 2**64) | st.floats() | st.text(max_size=6)
+json_value = st.recursive(
+    json_leaf,
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=5), c, max_size=3),
+    max_leaves=6,
+)
+
+
+@given(
+    st.sampled_from(VERSIONS),
+    st.dictionaries(st.sampled_from(sorted(REQUIRED) + ["state_key", "unsigned", "redacts"]),
+                    json_value, max_size=6),
+    st.booleans(),
+)
+def test_arbitrary_input_is_an_event_or_a_format_error(
+    version: RoomVersion, changes: dict[str, Any], replace_all: bool
+) -> None:
+    pdu = changes if replace_all else {**make(version), **changes}
+    try:
+        event = parse_pdu(pdu, version)
+    except EventFormatError as exc:
+        assert exc.message.startswith(("invalid PDU", "PDU is")) and exc.errcode
+        return
+    assert verify_event(event).verdict in (REDACT, REJECT, ACCEPT)
