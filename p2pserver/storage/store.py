@@ -26,7 +26,7 @@ import json
 import os
 from collections.abc import Collection, Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -312,20 +312,27 @@ class Store:
         *,
         rejected_reason: str | None = None,
         state_before: int | None = None,
-        state_after: int | None = None,
+        adds_state: bool = False,
     ) -> EventMeta:
         """Store a new event (inside a transaction) with what we decided about it.
 
+        ``state_before`` is the group of the state before the event (None
+        for outliers); the state after it is that group, plus the event
+        itself when ``adds_state`` (an accepted or soft-failed state event).
         Non-rejected events must have all their auth events stored already.
         """
         if (status == EventStatus.REJECTED) != (rejected_reason is not None):
             raise ValueError("a rejected_reason goes with, and only with, status rejected")
+        if (status == EventStatus.OUTLIER and state_before is not None) or (
+            status in IN_DAG and state_before is None
+        ):
+            raise ValueError("outliers have no state; accepted and soft-failed events do")
         stream = self._next_stream_ordering() if status in IN_DAG else None
         self.db.execute(
             """INSERT INTO events (event_id, room_id, type, state_key, sender, depth,
                    origin_server_ts, status, rejected_reason, redacted, stream_ordering,
-                   state_before, state_after, pdu)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   state_before, pdu)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 event.event_id,
                 event.room_id,
@@ -339,7 +346,6 @@ class Store:
                 int(event.redacted),
                 stream,
                 state_before,
-                state_after,
                 encode_canonical_json(event.pdu),
             ),
         )
@@ -357,16 +363,18 @@ class Store:
             event.redacted,
             stream,
             state_before,
-            state_after,
+            None,
         )
+        self._meta.set(event.event_id, meta)
+        self._events.set(event.event_id, event)
         if status != EventStatus.OUTLIER:
             self._insert_prev_edges(nid, event)
         if status != EventStatus.REJECTED:
             self._insert_auth_edges(nid, event)
         if status == EventStatus.ACCEPTED:
             self._record_redaction(nid, event)
-        self._meta.set(event.event_id, meta)
-        self._events.set(event.event_id, event)
+        if state_before is not None:
+            meta = self._set_state_after(meta, event, adds_state)
         return meta
 
     def promote_outlier(
@@ -376,17 +384,19 @@ class Store:
         *,
         rejected_reason: str | None = None,
         state_before: int,
-        state_after: int,
+        adds_state: bool = False,
     ) -> EventMeta:
-        """Place a stored outlier in the DAG now that we know the state at it."""
+        """Place a stored outlier in the DAG now that we know the state before it."""
         old = self.event_meta(event.event_id)
         if old is None or old.status != EventStatus.OUTLIER:
             raise ValueError(f"{event.event_id} is not a stored outlier")
+        if (status == EventStatus.REJECTED) != (rejected_reason is not None):
+            raise ValueError("a rejected_reason goes with, and only with, status rejected")
         stream = self._next_stream_ordering() if status in IN_DAG else None
         self.db.execute(
             """UPDATE events SET status = ?, rejected_reason = ?, stream_ordering = ?,
-                   state_before = ?, state_after = ? WHERE event_nid = ?""",
-            (status.value, rejected_reason, stream, state_before, state_after, old.nid),
+                   state_before = ? WHERE event_nid = ?""",
+            (status.value, rejected_reason, stream, state_before, old.nid),
         )
         if status == EventStatus.REJECTED:
             # A rejected event is no auth event; it had edges as an outlier.
@@ -408,10 +418,31 @@ class Store:
             old.redacted,
             stream,
             state_before,
-            state_after,
+            None,
         )
         self._meta.set(event.event_id, meta)
+        return self._set_state_after(meta, event, adds_state)
+
+    def _set_state_after(self, meta: EventMeta, event: Event, adds_state: bool) -> EventMeta:
+        assert meta.state_before is not None
+        after = meta.state_before
+        if adds_state and event.state_key is not None:
+            after = self.state_groups.create_delta(
+                meta.room_id, after, {(event.type, event.state_key): event.event_id}
+            )
+        self.db.execute("UPDATE events SET state_after = ? WHERE event_nid = ?", (after, meta.nid))
+        meta = replace(meta, state_after=after)
+        self._meta.set(meta.event_id, meta)
         return meta
+
+    def prev_event_ids(self, nid: int) -> list[str]:
+        """The prev_events of a stored DAG event (outliers have none recorded)."""
+        return [
+            r[0]
+            for r in self.db.query(
+                "SELECT prev_event_id FROM event_edges WHERE event_nid = ?", (nid,)
+            )
+        ]
 
     def _insert_prev_edges(self, nid: int, event: Event) -> None:
         self.db.executemany(

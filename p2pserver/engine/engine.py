@@ -1,0 +1,1150 @@
+"""The room engine: every room event a node receives, creates or serves.
+
+One :class:`RoomEngine` per node sits between the network (which hands it
+PDUs and asks it questions on behalf of peers), the client API (which
+creates events for local users and reads rooms) and the :class:`Store`.
+It reaches peers only through a :class:`~p2pserver.engine.peers.PeerClient`.
+
+Receiving a PDU (:meth:`RoomEngine.receive_pdu`) follows the spec's
+"Checks performed on receipt of a PDU", in its order:
+
+1. Is a valid event (format of the room's version), otherwise *dropped*.
+2. Passes signature checks, otherwise *dropped*.
+3. Passes hash checks, otherwise it is redacted before being processed
+   further.
+4. Passes authorisation rules based on the event's auth events, otherwise
+   *rejected*. Auth events we lack are fetched first from the sending
+   server (``/event_auth``) and stored as outliers, each checked the same
+   way against its own auth events.
+5. Passes authorisation rules based on the state before the event,
+   otherwise *rejected*. The state before the event is the state after its
+   prev event, or the resolution (:func:`p2pserver.state.resolve.resolve_state`)
+   of the states after its prev events. Prev events we lack are first asked
+   for with ``/get_missing_events`` (at most :data:`MISSING_EVENTS_LIMIT`
+   events, no shallower than our oldest event) and processed oldest first;
+   for any prev event still missing, the state after it is taken from the
+   peer (``/state_ids``, then the events we lack, stored as outliers), and
+   the event is accepted on that state, as the spec allows.
+6. Passes authorisation rules based on the current state of the room,
+   otherwise *soft failed*: stored and part of the DAG (its state counts
+   for events that reference it), but not a forward extremity and not
+   shown to clients.
+
+Dropped events are not stored. Rejected events are stored as rejected so
+they are not fetched and checked again, and are never served or used as
+valid (see :mod:`p2pserver.storage.store`). If an event cannot be decided
+at all (its auth events or the state before it cannot be obtained), it is
+dropped with a reason; a later copy can still be accepted.
+
+Each stored event commits in one transaction with everything derived from
+it: its state groups, the DAG edges, the forward extremities (an accepted
+event replaces its prev events, and any soft-failed or rejected events it
+points through), the current state (resolved across the forward
+extremities) and joined servers, and for local events the outbound queue.
+Listeners (:class:`~p2pserver.engine.notifier.Notifier`) hear of it after
+the commit.
+
+Local events (:meth:`RoomEngine.send_event` and the membership helpers)
+take prev_events from the forward extremities (the deepest ten), auth
+events by the spec's selection from the state before them, depth one more
+than their deepest prev event; they are hashed and signed, put through
+checks 4-6 like any received event, and their event ID is returned only
+after the commit. They are queued for every server with a member joined to
+the room, and for the target's server of a membership event.
+
+Concurrency: one trio lock per room serialises everything that writes a
+room, including the fetching an incoming event triggers. Reads never wait.
+
+Serving peers (``on_*`` methods) applies history visibility
+(:mod:`p2pserver.engine.visibility`): events a server may not see are sent
+in redacted form, which keeps the DAG whole without leaking content.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+
+from p2pserver.engine.notifier import Notifier, RoomUpdate
+from p2pserver.engine.peers import PeerClient, PeerError, StateIds
+from p2pserver.engine.visibility import (
+    HISTORY_VISIBILITY_KEY,
+    SHARED,
+    WORLD_READABLE,
+    effective_visibility,
+    server_users,
+    user_allowed,
+)
+from p2pserver.rooms.auth import (
+    MissingAuthEvents,
+    auth_types_for_event,
+    check_auth_events,
+    check_auth_rules,
+    create_event_id_for_room,
+    redaction_applies,
+    select_auth_event_ids,
+)
+from p2pserver.rooms.builder import build_event
+from p2pserver.rooms.creation import create_room_events
+from p2pserver.rooms.errors import AuthError, MatrixError
+from p2pserver.rooms.events import Event, StateKey, sender_server
+from p2pserver.rooms.power_levels import CREATE_KEY
+from p2pserver.rooms.receipt import REJECT, hex_server_keys, verify_event
+from p2pserver.rooms.redaction import redact
+from p2pserver.rooms.room_versions import RoomVersion, get_room_version
+from p2pserver.rooms.signing import KeyLookup, SigningKey
+from p2pserver.rooms.validation import parse_pdu
+from p2pserver.state.resolve import resolve_state
+from p2pserver.storage.state_groups import StateMap
+from p2pserver.storage.store import EventMeta, EventStatus, Store
+
+logger = logging.getLogger(__name__)
+
+# Local events point at no more than this many forward extremities.
+MAX_PREV_EVENTS = 10
+# /get_missing_events: how many events we ask for at once.
+MISSING_EVENTS_LIMIT = 10
+# How far back through soft-failed or rejected events an accepted event
+# retires forward extremities.
+_MAX_RETIRE_WALK = 100
+MAX_DEPTH = 2**53 - 1
+
+
+class NotFound(MatrixError):
+    errcode = "M_NOT_FOUND"
+
+
+class Forbidden(MatrixError):
+    errcode = "M_FORBIDDEN"
+
+
+@dataclass(frozen=True, slots=True)
+class PduResult:
+    """What became of a received PDU."""
+
+    event_id: str | None
+    # None: dropped (not stored); otherwise how it is stored.
+    status: EventStatus | None
+    # Why it was dropped, rejected or soft failed.
+    reason: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        """Part of the room's DAG: passed checks 1-5 (it may be soft failed)."""
+        return self.status in (EventStatus.ACCEPTED, EventStatus.SOFT_FAILED)
+
+    @property
+    def soft_failed(self) -> bool:
+        return self.status == EventStatus.SOFT_FAILED
+
+    @property
+    def rejected_reason(self) -> str | None:
+        """Why the event was dropped or rejected; None if accepted."""
+        return None if self.accepted else self.reason
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "accepted": self.accepted,
+            "soft_failed": self.soft_failed,
+            "rejected_reason": self.rejected_reason,
+        }
+
+    @classmethod
+    def of(cls, meta: EventMeta) -> PduResult:
+        return cls(meta.event_id, meta.status, meta.rejected_reason)
+
+
+class _Dropped(Exception):
+    """The event cannot be processed now; it is not stored."""
+
+    def __init__(self, event_id: str | None, reason: str) -> None:
+        super().__init__(reason)
+        self.event_id = event_id
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class _StateBefore:
+    state: StateMap
+    # A stored state group holding exactly ``state``, if known.
+    group: int | None
+    # Stored groups close to ``state``, to store it as a delta on.
+    bases: Sequence[int]
+
+
+_EMPTY_STATE = _StateBefore({}, None, ())
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class RoomEngine:
+    def __init__(
+        self,
+        store: Store,
+        signing_key: SigningKey,
+        *,
+        server_name: str | None = None,
+        peers: PeerClient | None = None,
+        keys: KeyLookup = hex_server_keys,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        """``peers`` None: a node that never fetches (the replay tool)."""
+        self.store = store
+        self.signing_key = signing_key
+        self.server_name = server_name or signing_key.server_name
+        self.peers = peers
+        self.keys = keys
+        self.clock = clock
+        self.notifier = Notifier(store.max_stream_ordering())
+        self._locks: dict[str, trio.Lock] = {}
+
+    def _lock(self, room_id: str) -> trio.Lock:
+        lock = self._locks.get(room_id)
+        if lock is None:
+            lock = self._locks[room_id] = trio.Lock()
+        return lock
+
+    # =========================================================================
+    # Receiving events from peers
+    # =========================================================================
+
+    async def receive_pdu(
+        self, origin: str, pdu: object, *, room_version: RoomVersion | str | None = None
+    ) -> PduResult:
+        """Run the checks on receipt of a PDU sent by ``origin`` and store the outcome.
+
+        ``room_version`` is a hint for a room we do not know yet (``/invite``
+        carries one); otherwise it is looked up, or discovered from the
+        room's create event.
+        """
+        try:
+            event = await self._parse_incoming(origin, pdu, room_version)
+        except _Dropped as exc:
+            return PduResult(exc.event_id, None, exc.reason)
+        async with self._lock(event.room_id):
+            return await self._process_incoming(origin, event, pulled=False)
+
+    async def receive_transaction(self, origin: str, pdus: Iterable[object]) -> list[PduResult]:
+        """Process the PDUs of one transaction in order (a bad one never fails the rest)."""
+        return [await self.receive_pdu(origin, pdu) for pdu in pdus]
+
+    async def _parse_incoming(
+        self, origin: str, pdu: object, hint: RoomVersion | str | None
+    ) -> Event:
+        # Step 1 needs the room version, which the PDU does not carry.
+        if not isinstance(pdu, Mapping):
+            raise _Dropped(None, "format: a PDU must be a JSON object")
+        try:
+            room_version = self._known_room_version(pdu)
+            if room_version is None and hint is not None:
+                room_version = get_room_version(hint)
+        except MatrixError as exc:
+            raise _Dropped(None, f"format: {exc.message}") from None
+        if room_version is None:
+            room_version = await self._discover_room(origin, pdu)
+        try:
+            return parse_pdu(pdu, room_version)
+        except MatrixError as exc:
+            raise _Dropped(None, f"format: {exc.message}") from None
+
+    def _known_room_version(self, pdu: Mapping[str, Any]) -> RoomVersion | None:
+        """The room version of a stored room, or the one a create event names."""
+        room_id = pdu.get("room_id")
+        if isinstance(room_id, str):
+            room_version = self.store.room_version(room_id)
+            if room_version is not None:
+                return room_version
+        if pdu.get("type") == "m.room.create" and pdu.get("state_key") == "":
+            content = pdu.get("content")
+            # No room_version means "1", which we do not support.
+            version = content.get("room_version", "1") if isinstance(content, Mapping) else None
+            return get_room_version(version)
+        return None
+
+    async def _discover_room(self, origin: str, pdu: Mapping[str, Any]) -> RoomVersion:
+        """Learn an unknown room from its create event, fetched from ``origin``.
+
+        In v12 the room ID names the create event; before v12 the create
+        event is one of the listed auth events.
+        """
+        room_id = pdu.get("room_id")
+        if not isinstance(room_id, str) or self.peers is None:
+            raise _Dropped(None, f"unknown room {room_id!r}")
+        candidates = [create_event_id_for_room(room_id)] if ":" not in room_id else []
+        auth_ids = pdu.get("auth_events")
+        if isinstance(auth_ids, list):
+            candidates += [a for a in auth_ids if isinstance(a, str)]
+        for candidate in candidates:
+            try:
+                create_pdu = await self.peers.get_event(origin, candidate)
+                if not isinstance(create_pdu, Mapping):
+                    continue
+                room_version = self._known_room_version(create_pdu)
+                if room_version is None:
+                    continue
+                create = parse_pdu(create_pdu, room_version)
+            except (PeerError, MatrixError):
+                continue
+            if create.event_id != candidate or create.room_id != room_id or not create.is_create():
+                continue
+            async with self._lock(room_id):
+                result = await self._process_incoming(origin, create, pulled=True)
+            if result.accepted:
+                return room_version
+        raise _Dropped(None, f"unknown room {room_id} and its create event could not be had")
+
+    async def _process_incoming(self, origin: str, event: Event, *, pulled: bool) -> PduResult:
+        """Steps 2-6 for one event; the room's lock is held.
+
+        ``pulled``: the event came from /get_missing_events, so its own
+        missing prev events are not asked for again (no recursion).
+        """
+        existing = self.store.event_meta(event.event_id)
+        if existing is not None and existing.status != EventStatus.OUTLIER:
+            return PduResult.of(existing)  # seen before: decided already
+        if existing is None:
+            # Steps 2 and 3: signatures (else drop), content hash (else redact).
+            outcome = verify_event(event, self.keys)
+            if outcome.verdict is REJECT:
+                return PduResult(event.event_id, None, f"signature: {outcome.reason}")
+            event = outcome.event
+            if not event.is_create() and self.store.room(event.room_id) is None:
+                return PduResult(event.event_id, None, f"unknown room {event.room_id}")
+        else:
+            # An outlier (checked on its own auth events) now placed in the DAG.
+            held = self.store.load_event(event.event_id)
+            assert held is not None
+            event = held
+        try:
+            await self._ensure_auth_events(origin, event)
+            before = await self._state_before(origin, event, pulled=pulled)
+            status, reason = self._check_auth(event, before)
+            meta = self._commit(event, status, reason, before, existing=existing)
+        except _Dropped as exc:
+            return PduResult(event.event_id, None, exc.reason)
+        return PduResult.of(meta)
+
+    # -- step 4: the event's own auth events ----------------------------------
+
+    def _needed_auth_ids(self, event: Event) -> list[str]:
+        ids = list(event.auth_event_ids)
+        if event.room_version.room_id_is_create_event_hash and not event.is_create():
+            ids.append(create_event_id_for_room(event.room_id))  # v12: implied
+        return ids
+
+    async def _ensure_auth_events(self, origin: str, event: Event) -> None:
+        """Fetch the auth chain from ``origin`` if we lack any of the event's auth events."""
+        needed = self._needed_auth_ids(event)
+        held = self.store.event_metas(needed)
+        if all(i in held for i in needed):
+            return
+        if self.peers is None:
+            return  # the check below drops it, naming what is missing
+        try:
+            chain = await self.peers.get_event_auth(origin, event.room_id, event.event_id)
+        except PeerError as exc:
+            raise _Dropped(
+                event.event_id, f"missing auth events and /event_auth failed: {exc}"
+            ) from None
+        self._store_outliers(event.room_version, event.room_id, chain)
+
+    def _own_auth_events(self, event: Event) -> dict[StateKey, Event]:
+        """The event's auth events as a map, validated (check_auth_events)."""
+        ids = self._needed_auth_ids(event)
+        events = self.store.load_events(ids, allow_rejected=True)
+        rejected = {
+            i for i, m in self.store.event_metas(ids).items() if m.status == EventStatus.REJECTED
+        }
+        try:
+            return check_auth_events(event, list(events.values()), rejected)
+        except MissingAuthEvents as exc:
+            raise _Dropped(
+                event.event_id, "missing auth events: " + ", ".join(exc.event_ids)
+            ) from None
+
+    def _auth_events_from_state(self, event: Event, state: StateMap) -> dict[StateKey, Event]:
+        """The auth events selection for ``event``, taken from ``state``."""
+        keys = auth_types_for_event(
+            event.room_version, event.type, event.sender, event.state_key, event.content
+        )
+        keys.add(CREATE_KEY)
+        ids = {key: state[key] for key in keys if key in state}
+        events = self.store.load_events(ids.values())
+        return {key: events[i] for key, i in ids.items() if i in events}
+
+    def _store_outliers(self, room_version: RoomVersion, room_id: str, pdus: object) -> None:
+        """Check and store fetched events we lack as outliers (auth events first).
+
+        Each gets steps 1-4 (format, signatures, hash, its own auth events);
+        an event whose auth events are still missing is not stored.
+        """
+        if not isinstance(pdus, list):
+            return
+        fetched: dict[str, Event] = {}
+        for pdu in pdus:
+            try:
+                event = parse_pdu(pdu, room_version)
+            except MatrixError:
+                continue
+            if event.room_id != room_id or event.event_id in fetched:
+                continue
+            if self.store.event_meta(event.event_id) is not None:
+                continue
+            outcome = verify_event(event, self.keys)
+            if outcome.verdict is not REJECT:
+                fetched[event.event_id] = outcome.event
+        if not fetched:
+            return
+        with self.store.transaction():
+            for event in _auth_events_first(fetched):
+                if event.is_create() and self.store.room(room_id) is None:
+                    self.store.add_room(room_id, room_version, event.event_id)
+                try:
+                    check_auth_rules(event, self._own_auth_events(event))
+                except _Dropped:
+                    continue
+                except AuthError as exc:
+                    self.store.insert_event(
+                        event, EventStatus.REJECTED, rejected_reason=f"auth events: {exc.message}"
+                    )
+                    continue
+                self.store.insert_event(event, EventStatus.OUTLIER)
+
+    # -- step 5: the state before the event ------------------------------------
+
+    async def _state_before(self, origin: str, event: Event, *, pulled: bool) -> _StateBefore:
+        prevs = list(dict.fromkeys(event.prev_event_ids))
+        if not prevs:
+            return _EMPTY_STATE  # the create event (any other fails the rules)
+        metas = self.store.event_metas(prevs)
+        missing = [p for p in prevs if p not in metas or not metas[p].has_state]
+        if missing and not pulled and self.peers is not None:
+            await self._fetch_missing_prev_events(origin, event)
+            metas = self.store.event_metas(prevs)
+            missing = [p for p in prevs if p not in metas or not metas[p].has_state]
+        groups = _state_after_groups(metas[p] for p in prevs if p not in missing)
+        fetched = [await self._fetch_state_after(origin, event, p) for p in missing]
+        if not fetched and len(groups) == 1:
+            return _StateBefore(self.store.state_map(groups[0]), groups[0], groups)
+        state_sets = [self.store.state_map(g) for g in groups] + fetched
+        return _StateBefore(self._resolve(event, state_sets), None, groups)
+
+    def _resolve(self, event: Event, state_sets: Sequence[StateMap]) -> StateMap:
+        try:
+            return resolve_state(event.room_version, state_sets, self.store)
+        except MatrixError as exc:
+            raise _Dropped(event.event_id, f"state resolution failed: {exc.message}") from None
+
+    async def _fetch_missing_prev_events(self, origin: str, event: Event) -> None:
+        """``/get_missing_events`` from ``origin``; process what comes back, oldest first."""
+        assert self.peers is not None
+        room_id = event.room_id
+        try:
+            pdus = await self.peers.get_missing_events(
+                origin,
+                room_id,
+                earliest_events=self.store.forward_extremities(room_id),
+                latest_events=[event.event_id],
+                limit=MISSING_EVENTS_LIMIT,
+                min_depth=self.store.min_depth(room_id),
+            )
+        except PeerError as exc:
+            logger.info("get_missing_events from %s for %s failed: %s", origin, event, exc)
+            return
+        pulled: dict[str, Event] = {}
+        for pdu in pdus[:MISSING_EVENTS_LIMIT] if isinstance(pdus, list) else ():
+            try:
+                missing_event = parse_pdu(pdu, event.room_version)
+            except MatrixError:
+                continue
+            if missing_event.room_id == room_id and missing_event.event_id != event.event_id:
+                pulled[missing_event.event_id] = missing_event
+        for missing_event in sorted(pulled.values(), key=lambda e: (e.depth, e.event_id)):
+            await self._process_incoming(origin, missing_event, pulled=True)
+
+    async def _fetch_state_after(self, origin: str, event: Event, prev_id: str) -> StateMap:
+        """The state after a prev event we cannot get with its state, from ``origin``."""
+        room_id = event.room_id
+        if self.peers is None:
+            raise _Dropped(event.event_id, f"missing prev event {prev_id} and no peer to ask")
+        try:
+            state_ids = await self.peers.get_state_ids(origin, room_id, prev_id)
+            if not isinstance(state_ids, StateIds):
+                raise PeerError("malformed /state_ids answer")
+            wanted = [*state_ids.pdu_ids, *state_ids.auth_chain_ids, prev_id]
+            await self._fetch_outliers(origin, event.room_version, room_id, wanted)
+        except PeerError as exc:
+            raise _Dropped(
+                event.event_id, f"missing prev event {prev_id}; its state could not be had: {exc}"
+            ) from None
+        prev = self.store.event_meta(prev_id)
+        if prev is None:
+            raise _Dropped(event.event_id, f"missing prev event {prev_id} could not be had")
+        state: dict[StateKey, str] = {}
+        for state_event in self.store.load_events(state_ids.pdu_ids).values():
+            if state_event.state_key is None or state_event.room_id != room_id:
+                continue
+            key = state_event.state_key_tuple
+            if key in state:
+                raise _Dropped(event.event_id, f"{origin} sent a state with two events for {key}")
+            state[key] = state_event.event_id
+        if prev.state_key is not None and prev.status != EventStatus.REJECTED:
+            state[(prev.type, prev.state_key)] = prev_id  # the state *after* it
+        return state
+
+    async def _fetch_outliers(
+        self, origin: str, room_version: RoomVersion, room_id: str, event_ids: Iterable[str]
+    ) -> None:
+        assert self.peers is not None
+        wanted = list(dict.fromkeys(i for i in event_ids if isinstance(i, str)))
+        held = self.store.event_metas(wanted)
+        pdus = []
+        for event_id in wanted:
+            if event_id in held:
+                continue
+            try:
+                pdus.append(await self.peers.get_event(origin, event_id))
+            except PeerError:
+                continue
+        self._store_outliers(room_version, room_id, pdus)
+
+    # -- steps 4-6 in order --------------------------------------------------------
+
+    def _check_auth(self, event: Event, before: _StateBefore) -> tuple[EventStatus, str | None]:
+        """Steps 4, 5 and 6: the auth rules against three sets of state."""
+        record = self.store.room(event.room_id)
+        if event.is_create() and record is not None and record.create_event_id != event.event_id:
+            return EventStatus.REJECTED, "the room already has another m.room.create event"
+        # 4. Against the event's own auth events.
+        try:
+            check_auth_rules(event, self._own_auth_events(event))
+        except AuthError as exc:
+            return EventStatus.REJECTED, f"auth events: {exc.message}"
+        # 5. Against the state before the event.
+        try:
+            check_auth_rules(event, self._auth_events_from_state(event, before.state))
+        except AuthError as exc:
+            return EventStatus.REJECTED, f"state before the event: {exc.message}"
+        # 6. Against the current state (no need when that is the state before).
+        current = record.current_state_group if record is not None else None
+        if current is not None and current != before.group:
+            try:
+                check_auth_rules(
+                    event, self._auth_events_from_state(event, self.store.state_map(current))
+                )
+            except AuthError as exc:
+                return EventStatus.SOFT_FAILED, f"current state: {exc.message}"
+        return EventStatus.ACCEPTED, None
+
+    # -- persisting ------------------------------------------------------------
+
+    def _commit(
+        self,
+        event: Event,
+        status: EventStatus,
+        reason: str | None,
+        before: _StateBefore,
+        *,
+        existing: EventMeta | None = None,
+        destinations: Collection[str] = (),
+        local: bool = False,
+    ) -> EventMeta:
+        """Store the event and all that follows from it in one transaction, then notify."""
+        try:
+            with self.store.transaction():
+                meta, updates = self._persist(
+                    event, status, reason, before, existing, destinations, local
+                )
+        except MatrixError as exc:  # state resolution of the new extremities failed
+            raise _Dropped(event.event_id, f"cannot store: {exc.message}") from None
+        for update in updates:
+            self.notifier.notify(update)
+        return meta
+
+    def _persist(
+        self,
+        event: Event,
+        status: EventStatus,
+        reason: str | None,
+        before: _StateBefore,
+        existing: EventMeta | None,
+        destinations: Collection[str],
+        local: bool,
+    ) -> tuple[EventMeta, list[RoomUpdate]]:
+        """The body of :meth:`_commit` (inside the transaction)."""
+        store = self.store
+        room_id = event.room_id
+        if event.is_create() and status != EventStatus.REJECTED and store.room(room_id) is None:
+            store.add_room(room_id, event.room_version, event.event_id)
+        group = before.group
+        if group is None:
+            group = store.state_groups.create(room_id, before.state, before.bases)
+        # A rejected event changes no state; a state event adds itself.
+        adds_state = event.is_state() and status != EventStatus.REJECTED
+        reason = reason if status == EventStatus.REJECTED else None
+        if existing is not None:
+            meta = store.promote_outlier(
+                event, status, rejected_reason=reason, state_before=group, adds_state=adds_state
+            )
+        else:
+            meta = store.insert_event(
+                event, status, rejected_reason=reason, state_before=group, adds_state=adds_state
+            )
+        updates: list[RoomUpdate] = []
+        delta: Mapping[StateKey, str | None] = {}
+        if status == EventStatus.ACCEPTED:
+            delta = self._advance_room(event, meta)
+            assert meta.stream_ordering is not None
+            updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
+        if destinations:
+            store.outbound.enqueue_pdu(destinations, meta.nid)
+        return meta, updates
+
+    def _advance_room(self, event: Event, meta: EventMeta) -> Mapping[StateKey, str | None]:
+        """Update the forward extremities and the current state for an accepted event."""
+        store = self.store
+        room_id = event.room_id
+        old = store.forward_extremities(room_id)
+        extremities = set(old)
+        extremities.difference_update(self._retired_extremities(event))
+        if not store.has_accepted_child(event.event_id):
+            extremities.add(event.event_id)
+        if extremities == set(old):
+            return {}
+        store.set_forward_extremities(room_id, extremities)
+        metas = store.event_metas(extremities)
+        groups = _state_after_groups(metas[e] for e in sorted(extremities))
+        if len(groups) == 1:
+            group = groups[0]
+        else:
+            state_sets = [store.state_map(g) for g in groups]
+            resolved = resolve_state(event.room_version, state_sets, store)
+            group = store.state_groups.create(room_id, resolved, groups)
+        return store.set_current_state(room_id, group)
+
+    def _retired_extremities(self, event: Event) -> set[str]:
+        """The prev events, and those reached from them through soft-failed or rejected ones."""
+        retired = set(event.prev_event_ids)
+        todo = list(retired)
+        for _ in range(_MAX_RETIRE_WALK):
+            if not todo:
+                break
+            meta = self.store.event_meta(todo.pop())
+            if meta is not None and meta.status in (EventStatus.SOFT_FAILED, EventStatus.REJECTED):
+                for prev in self.store.prev_event_ids(meta.nid):
+                    if prev not in retired:
+                        retired.add(prev)
+                        todo.append(prev)
+        return retired
+
+    # =========================================================================
+    # Local events
+    # =========================================================================
+
+    def _check_local_user(self, user_id: str) -> None:
+        if sender_server(user_id) != self.server_name:
+            raise ValueError(f"{user_id} is not a user of this server ({self.server_name})")
+
+    async def create_room(
+        self,
+        creator: str,
+        request: Mapping[str, Any] | None = None,
+        *,
+        room_version: RoomVersion | None = None,
+        creator_profile: Mapping[str, Any] | None = None,
+    ) -> str:
+        """createRoom: store the room's initial events (all or none); return the room ID."""
+        self._check_local_user(creator)
+        created = create_room_events(
+            room_version,
+            creator=creator,
+            signing_key=self.signing_key,
+            request=request or {},
+            server_name=self.server_name,
+            origin_server_ts=self.clock(),
+            creator_profile=creator_profile,
+        )
+        room_id = created.room_id
+        async with self._lock(room_id):
+            if self.store.room(room_id) is not None:
+                raise MatrixError(f"room {room_id} already exists", errcode="M_ROOM_IN_USE")
+            updates: list[RoomUpdate] = []
+            with self.store.transaction():
+                before = _EMPTY_STATE
+                for event in created.events:
+                    status, reason = self._check_auth(event, before)
+                    if status != EventStatus.ACCEPTED:
+                        raise AuthError(f"createRoom event {event.type} refused: {reason}")
+                    meta, event_updates = self._persist(
+                        event, status, None, before, None, self._destinations(event), True
+                    )
+                    updates += event_updates
+                    assert meta.state_after is not None
+                    group = meta.state_after
+                    before = _StateBefore(self.store.state_map(group), group, (group,))
+            for update in updates:
+                self.notifier.notify(update)
+        return room_id
+
+    async def send_event(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: Mapping[str, Any],
+        *,
+        state_key: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Create, authorise, store and queue a local event; return its ID after the commit.
+
+        Raises :class:`AuthError` (M_FORBIDDEN) if the auth rules refuse it,
+        :class:`NotFound` for a room we do not have.
+        """
+        self._check_local_user(sender)
+        async with self._lock(room_id):
+            event, before = self._build_local_event(
+                room_id, sender, event_type, dict(content), state_key, extra
+            )
+            try:
+                status, reason = self._check_auth(event, before)
+            except _Dropped as exc:
+                raise MatrixError(exc.reason) from None
+            if status != EventStatus.ACCEPTED:
+                raise AuthError(reason or "refused by the auth rules")
+            try:
+                self._commit(
+                    event, status, None, before, destinations=self._destinations(event), local=True
+                )
+            except _Dropped as exc:
+                raise MatrixError(exc.reason) from None
+        return event.event_id
+
+    def _build_local_event(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        content: dict[str, Any],
+        state_key: str | None,
+        extra: Mapping[str, Any] | None,
+    ) -> tuple[Event, _StateBefore]:
+        record = self.store.room(room_id)
+        extremities = self.store.forward_extremities(room_id)
+        if record is None or record.current_state_group is None or not extremities:
+            raise NotFound(f"room {room_id} is not known here")
+        room_version = record.room_version
+        prevs = extremities[:MAX_PREV_EVENTS]  # the deepest ones
+        metas = self.store.event_metas(prevs)
+        if len(prevs) == len(extremities):
+            group = record.current_state_group
+            before = _StateBefore(self.store.state_map(group), group, (group,))
+        else:
+            groups = _state_after_groups(metas[p] for p in prevs)
+            state_sets = [self.store.state_map(g) for g in groups]
+            resolved = resolve_state(room_version, state_sets, self.store)
+            before = _StateBefore(resolved, None, groups)
+        auth_ids = select_auth_event_ids(
+            room_version, event_type, sender, state_key, content, before.state
+        )
+        event = build_event(
+            room_version,
+            signing_key=self.signing_key,
+            server_name=self.server_name,
+            sender=sender,
+            type=event_type,
+            content=content,
+            room_id=room_id,
+            prev_events=prevs,
+            auth_events=auth_ids,
+            state_key=state_key,
+            depth=min(max(m.depth for m in metas.values()) + 1, MAX_DEPTH),
+            origin_server_ts=self.clock(),
+            extra=dict(extra) if extra else None,
+        )
+        return event, before
+
+    def _destinations(self, event: Event) -> set[str]:
+        """Who must receive a local event: joined servers, and a membership's target."""
+        servers = self.store.joined_servers(event.room_id)
+        if event.type == "m.room.member" and event.state_key:
+            servers.add(sender_server(event.state_key))
+        servers.discard(self.server_name)
+        return servers
+
+    async def send_message(
+        self,
+        room_id: str,
+        sender: str,
+        content: Mapping[str, Any],
+        event_type: str = "m.room.message",
+    ) -> str:
+        return await self.send_event(room_id, sender, event_type, content)
+
+    async def send_state(
+        self,
+        room_id: str,
+        sender: str,
+        event_type: str,
+        state_key: str,
+        content: Mapping[str, Any],
+    ) -> str:
+        return await self.send_event(room_id, sender, event_type, content, state_key=state_key)
+
+    async def _membership(
+        self,
+        room_id: str,
+        sender: str,
+        target: str,
+        membership: str,
+        reason: str | None,
+        extra_content: Mapping[str, Any] | None = None,
+    ) -> str:
+        content: dict[str, Any] = dict(extra_content or {})
+        content["membership"] = membership
+        if reason is not None:
+            content["reason"] = reason
+        return await self.send_state(room_id, sender, "m.room.member", target, content)
+
+    async def invite(
+        self, room_id: str, sender: str, target: str, reason: str | None = None
+    ) -> str:
+        return await self._membership(room_id, sender, target, "invite", reason)
+
+    async def join(
+        self, room_id: str, user_id: str, profile: Mapping[str, Any] | None = None
+    ) -> str:
+        """Join a room this server holds (e.g. after receiving the invite)."""
+        return await self._membership(room_id, user_id, user_id, "join", None, profile)
+
+    async def leave(self, room_id: str, user_id: str, reason: str | None = None) -> str:
+        return await self._membership(room_id, user_id, user_id, "leave", reason)
+
+    async def kick(self, room_id: str, sender: str, target: str, reason: str | None = None) -> str:
+        return await self._membership(room_id, sender, target, "leave", reason)
+
+    async def ban(self, room_id: str, sender: str, target: str, reason: str | None = None) -> str:
+        return await self._membership(room_id, sender, target, "ban", reason)
+
+    async def unban(self, room_id: str, sender: str, target: str, reason: str | None = None) -> str:
+        return await self._membership(room_id, sender, target, "leave", reason)
+
+    async def redact(
+        self, room_id: str, sender: str, event_id: str, reason: str | None = None
+    ) -> str:
+        room_version = self.store.room_version(room_id)
+        if room_version is None:
+            raise NotFound(f"room {room_id} is not known here")
+        content: dict[str, Any] = {} if reason is None else {"reason": reason}
+        extra = None
+        if room_version.redacts_in_content:
+            content["redacts"] = event_id
+        else:
+            extra = {"redacts": event_id}
+        return await self.send_event(room_id, sender, "m.room.redaction", content, extra=extra)
+
+    # =========================================================================
+    # Reading rooms
+    # =========================================================================
+
+    def room_state(self, room_id: str) -> dict[StateKey, str]:
+        """The current state of a room (empty if unknown)."""
+        return dict(self.store.current_state(room_id))
+
+    def forward_extremities(self, room_id: str) -> list[str]:
+        return self.store.forward_extremities(room_id)
+
+    def event_for_serving(self, event: Event) -> Event:
+        """``event`` with any redaction that applies to it applied."""
+        if event.redacted:
+            return event
+        for redaction_id in self.store.redactions_of(event.event_id):
+            redaction = self.store.load_event(redaction_id)
+            if redaction is None or redaction.room_id != event.room_id:
+                continue
+            try:
+                auth_events = self._own_auth_events(redaction)
+            except _Dropped:
+                continue
+            if redaction_applies(redaction, event, auth_events):
+                return _redacted(event)
+        return event
+
+    def _state_maps_at(self, meta: EventMeta) -> list[StateMap]:
+        groups = dict.fromkeys(g for g in (meta.state_before, meta.state_after) if g is not None)
+        return [self.store.state_map(g) for g in groups]
+
+    def _visibility(self, state: StateMap) -> str:
+        event_id = state.get(HISTORY_VISIBILITY_KEY)
+        return effective_visibility(self.store.load_event(event_id) if event_id else None)
+
+    def _membership_in(self, state: StateMap, user_id: str) -> str | None:
+        event_id = state.get(("m.room.member", user_id))
+        event = self.store.load_event(event_id) if event_id else None
+        return event.membership if event is not None else None
+
+    def _joined_after(self, meta: EventMeta, user_id: str) -> bool:
+        """Whether ``user_id`` joined the room after the event (or is joined now)."""
+        if self.store.current_membership(meta.room_id, user_id) == "join":
+            return True
+        for member in self.store.membership_events(meta.room_id, user_id):
+            if member.status == EventStatus.ACCEPTED and member.depth > meta.depth:
+                event = self.store.load_event(member.event_id)
+                if event is not None and event.membership == "join":
+                    return True
+        return False
+
+    def may_user_see_event(self, user_id: str, event_id: str) -> bool:
+        """History visibility for a user (spec: "Room History Visibility")."""
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.status in (EventStatus.REJECTED, EventStatus.SOFT_FAILED):
+            return False  # never valid / never shown to clients
+        if meta.type == "m.room.member" and meta.state_key == user_id:
+            if self._own_invite(meta):
+                return True
+            if meta.status == EventStatus.OUTLIER:
+                return False
+        elif meta.status == EventStatus.OUTLIER:
+            return False  # no state to judge by
+        for state in self._state_maps_at(meta):
+            visibility = self._visibility(state)
+            membership = self._membership_in(state, user_id)
+            if user_allowed(visibility, membership, joined_later=False):
+                return True
+            if visibility == SHARED and self._joined_after(meta, user_id):
+                return True
+        return False
+
+    def _own_invite(self, meta: EventMeta) -> bool:
+        """Whether a membership event invites its target (or records a knock).
+
+        Extension, as Synapse: the target always sees these, whatever the
+        history visibility; the spec's rules alone would hide an invite from
+        its invitee unless the visibility is "invited".
+        """
+        event = self.store.load_event(meta.event_id)
+        return event is not None and event.membership in ("invite", "knock")
+
+    def may_server_see_event(self, server_name: str, event_id: str) -> bool:
+        """History visibility for a server: may one of its users see the event?"""
+        if server_name == self.server_name:
+            return True
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.status == EventStatus.REJECTED:
+            return False
+        if meta.status == EventStatus.OUTLIER:
+            return True  # no state to judge by; outliers are auth and state events
+        if (
+            meta.type == "m.room.member"
+            and meta.state_key is not None
+            and sender_server(meta.state_key) == server_name
+            and self._own_invite(meta)
+        ):
+            return True
+        for state in self._state_maps_at(meta):
+            visibility = self._visibility(state)
+            if visibility == WORLD_READABLE:
+                return True
+            users = server_users(state, server_name)
+            for user_id in users:
+                if user_allowed(
+                    visibility, self._membership_in(state, user_id), joined_later=False
+                ):
+                    return True
+            if visibility == SHARED and (
+                server_name in self.store.joined_servers(meta.room_id)
+                or any(self._joined_after(meta, u) for u in users)
+            ):
+                return True
+        return False
+
+    def get_event_for_user(self, user_id: str, event_id: str) -> Event | None:
+        """An event as a client may see it (None if it may not)."""
+        if not self.may_user_see_event(user_id, event_id):
+            return None
+        event = self.store.load_event(event_id)
+        return self.event_for_serving(event) if event is not None else None
+
+    # =========================================================================
+    # Serving peers (the federation layer calls these)
+    # =========================================================================
+
+    def _pdu_for(self, origin: str, event: Event) -> dict[str, Any]:
+        """The PDU to send ``origin``: redacted if it may not see the content."""
+        if not self.may_server_see_event(origin, event.event_id):
+            event = _redacted(event)
+        return self.event_for_serving(event).get_pdu_json()
+
+    def on_get_event(self, origin: str, event_id: str) -> dict[str, Any]:
+        """``GET /event/{eventId}``."""
+        event = self.store.load_event(event_id)
+        if event is None:
+            raise NotFound(f"event {event_id} not found")
+        if self._in_current_state(event) and self._has_members(origin, event.room_id):
+            # The room's state is what a joining server gets anyway.
+            return self.event_for_serving(event).get_pdu_json()
+        return self._pdu_for(origin, event)
+
+    def _may_ask_about(self, origin: str, room_id: str, event_id: str) -> bool:
+        """State and auth chains: for servers that may see the event or are in the room.
+
+        An invited server needs them to place its invite in the DAG and join;
+        they hold only state, which a joining server receives anyway.
+        """
+        return self.may_server_see_event(origin, event_id) or self._has_members(origin, room_id)
+
+    def _in_current_state(self, event: Event) -> bool:
+        return (
+            event.state_key is not None
+            and self.store.current_state(event.room_id).get(event.state_key_tuple) == event.event_id
+        )
+
+    def _has_members(self, server_name: str, room_id: str) -> bool:
+        """Whether ``server_name`` has a user joined or invited in the current state."""
+        state = self.store.current_state(room_id)
+        return any(
+            self._membership_in(state, u) in ("join", "invite")
+            for u in server_users(state, server_name)
+        )
+
+    def on_get_missing_events(
+        self,
+        origin: str,
+        room_id: str,
+        *,
+        earliest_events: Sequence[str],
+        latest_events: Sequence[str],
+        limit: int = MISSING_EVENTS_LIMIT,
+        min_depth: int = 0,
+    ) -> list[dict[str, Any]]:
+        """``POST /get_missing_events``: a breadth-first walk back from ``latest_events``."""
+        limit = max(0, min(limit, 100))
+        earliest = set(earliest_events)
+        seen = set(latest_events) | earliest
+        frontier = [e for e in latest_events if isinstance(e, str)]
+        found: list[Event] = []
+        while frontier and len(found) < limit:
+            next_frontier: list[str] = []
+            for event_id in frontier:
+                meta = self.store.event_meta(event_id)
+                if meta is None or meta.room_id != room_id:
+                    continue
+                for prev_id in self.store.prev_event_ids(meta.nid):
+                    if prev_id not in seen:
+                        seen.add(prev_id)
+                        next_frontier.append(prev_id)
+            events = self.store.load_events(next_frontier)
+            for event_id in next_frontier:
+                event = events.get(event_id)
+                if event is None or event.depth < min_depth or event.room_id != room_id:
+                    continue
+                if len(found) < limit:
+                    found.append(event)
+            frontier = [e for e in next_frontier if e in events]
+        return [self._pdu_for(origin, e) for e in found]
+
+    def on_backfill(
+        self, origin: str, room_id: str, event_ids: Sequence[str], limit: int
+    ) -> list[dict[str, Any]]:
+        """``GET /backfill``: the given events and their ancestors, deepest first."""
+        limit = max(0, min(limit, 100))
+        metas = self.store.event_metas(event_ids)
+        queue = [(-m.depth, m.event_id) for m in metas.values() if m.room_id == room_id]
+        seen = {e for _, e in queue}
+        found: list[Event] = []
+        while queue and len(found) < limit:
+            queue.sort()
+            _, event_id = queue.pop(0)
+            event = self.store.load_event(event_id)
+            meta = self.store.event_meta(event_id)
+            if event is None or meta is None or meta.status == EventStatus.OUTLIER:
+                continue
+            found.append(event)
+            prevs = [p for p in self.store.prev_event_ids(meta.nid) if p not in seen]
+            for prev in self.store.event_metas(prevs).values():
+                seen.add(prev.event_id)
+                queue.append((-prev.depth, prev.event_id))
+        return [self._pdu_for(origin, e) for e in found]
+
+    def on_state_ids(self, origin: str, room_id: str, event_id: str) -> StateIds:
+        """``GET /state_ids``: the state before ``event_id`` and its auth chain."""
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.room_id != room_id or meta.state_before is None:
+            raise NotFound(f"no state known at {event_id}")
+        if meta.status == EventStatus.REJECTED:
+            raise NotFound(f"event {event_id} not found")
+        if not self._may_ask_about(origin, room_id, event_id):
+            raise Forbidden(f"{origin} may not see the state at {event_id}")
+        state = self.store.state_map(meta.state_before)
+        pdu_ids = sorted(state.values())
+        return StateIds(pdu_ids, sorted(self.store.auth_chain_ids(pdu_ids)))
+
+    def on_event_auth(self, origin: str, room_id: str, event_id: str) -> list[dict[str, Any]]:
+        """``GET /event_auth``: the auth chain of ``event_id``, auth events first."""
+        event = self.store.load_event(event_id)
+        if event is None or event.room_id != room_id:
+            raise NotFound(f"event {event_id} not found")
+        if not self._may_ask_about(origin, room_id, event_id):
+            raise Forbidden(f"{origin} may not see {event_id}")
+        chain = self.store.auth_chain_ids([event_id])
+        if event.room_version.room_id_is_create_event_hash:
+            chain.add(create_event_id_for_room(room_id))  # v12: implied, never listed
+        chain.discard(event_id)
+        events = self.store.load_events(chain)
+        metas = self.store.event_metas(events)
+        ordered = sorted(events.values(), key=lambda e: metas[e.event_id].nid)
+        return [self.event_for_serving(e).get_pdu_json() for e in ordered]
+
+
+def _redacted(event: Event) -> Event:
+    return Event(
+        redact(event.pdu, event.room_version),
+        event.room_version,
+        event_id=event.event_id,
+        redacted=True,
+    )
+
+
+def _state_after_groups(metas: Iterable[EventMeta]) -> list[int]:
+    """The distinct state-after groups of DAG events, in order."""
+    return list(dict.fromkeys(m.state_after for m in metas if m.state_after is not None))
+
+
+def _auth_dependencies(event: Event) -> set[str]:
+    ids = set(event.auth_event_ids)
+    if event.room_version.room_id_is_create_event_hash and not event.is_create():
+        ids.add(create_event_id_for_room(event.room_id))
+    return ids
+
+
+def _auth_events_first(events: Mapping[str, Event]) -> list[Event]:
+    """``events`` ordered so each comes after those of its auth events among them.
+
+    Events on a cycle (only forged IDs could make one) are left out.
+    """
+    waiting_on = {
+        event_id: {a for a in _auth_dependencies(event) if a in events and a != event_id}
+        for event_id, event in events.items()
+    }
+    cited_by: dict[str, list[str]] = {}
+    for event_id, auth_ids in waiting_on.items():
+        for auth_id in auth_ids:
+            cited_by.setdefault(auth_id, []).append(event_id)
+    ready = sorted((e for e, w in waiting_on.items() if not w), key=lambda i: events[i].depth)
+    ordered: list[Event] = []
+    while ready:
+        event_id = ready.pop(0)
+        ordered.append(events[event_id])
+        for child in cited_by.get(event_id, ()):
+            waiting_on[child].discard(event_id)
+            if not waiting_on[child]:
+                ready.append(child)
+    return ordered

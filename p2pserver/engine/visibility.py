@@ -1,0 +1,82 @@
+"""History visibility: may a user, or a server, see an event?
+
+Spec: client-server API, module "Room History Visibility", "Server
+behaviour". The rules depend on the state of the room *at the event*:
+
+1. If the ``history_visibility`` was ``world_readable``, allow.
+2. If the user's membership was ``join``, allow.
+3. If ``history_visibility`` was ``shared``, and the user joined the room
+   at any point after the event was sent, allow.
+4. If the user's membership was ``invite``, and ``history_visibility`` was
+   ``invited``, allow.
+5. Otherwise, deny.
+
+No ``m.room.history_visibility`` event, or a value we do not understand,
+means ``shared``. For an ``m.room.history_visibility`` event itself, and for
+the user's own ``m.room.member`` events, the user may see the event if the
+state before *or* after it allows; since the state before and after any
+event differ only in that event's own key, "before or after" is applied to
+every event, which is the spec's rule exactly.
+
+Servers (backfill, /get_missing_events, /event): a server may see an event
+if one of its users may, judged with the users the server had in the room
+at the event; for rule 3 a server whose users are in the room now (or
+joined after the event) counts as having joined later. This is what
+Synapse does for federation requests.
+
+"Joined after the event" is judged by DAG depth: a join whose depth is
+greater than the event's, or a current membership of ``join``.
+
+This module holds the pure rules; :class:`p2pserver.engine.engine.RoomEngine`
+looks up the state and memberships and calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from p2pserver.rooms.events import Event, StateKey
+
+WORLD_READABLE = "world_readable"
+SHARED = "shared"
+INVITED = "invited"
+JOINED = "joined"
+VISIBILITIES = (WORLD_READABLE, SHARED, INVITED, JOINED)
+
+HISTORY_VISIBILITY_KEY: StateKey = ("m.room.history_visibility", "")
+
+
+def effective_visibility(event: Event | None) -> str:
+    """The history visibility an ``m.room.history_visibility`` event sets."""
+    if event is None:
+        return SHARED
+    value = event.content.get("history_visibility")
+    return value if value in VISIBILITIES else SHARED
+
+
+def user_allowed(visibility: str, membership: str | None, *, joined_later: bool) -> bool:
+    """The spec's steps 1-5 for one user and one state."""
+    # 1. world_readable
+    if visibility == WORLD_READABLE:
+        return True
+    # 2. joined at the event
+    if membership == "join":
+        return True
+    # 3. shared, and joined at some point after the event
+    if visibility == SHARED and joined_later:
+        return True
+    # 4. invited at the event, with "invited" visibility
+    if membership == "invite" and visibility == INVITED:  # noqa: SIM103 (the spec's steps)
+        return True
+    # 5. otherwise deny
+    return False
+
+
+def server_users(state: Mapping[StateKey, str], server_name: str) -> list[str]:
+    """User IDs of ``server_name`` with a membership in ``state``."""
+    suffix = ":" + server_name
+    return [
+        state_key
+        for (event_type, state_key) in state
+        if event_type == "m.room.member" and state_key.endswith(suffix)
+    ]
