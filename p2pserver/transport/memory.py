@@ -27,6 +27,8 @@ Model, chosen to match what libp2p gives protocol code:
   (length header included, no transport overhead). A frame counts as sent
   when it leaves and as received when it arrives; frames lost to a closed
   connection are sent but never received.
+- No defences: no rate limits, handler timeouts or bans (that is libp2p's
+  job); the hub models the medium, not misbehaving peers.
 """
 
 from __future__ import annotations
