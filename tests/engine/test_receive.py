@@ -255,7 +255,7 @@ async def test_duplicates_are_answered_from_the_store() -> None:
 async def test_power_changes_race() -> None:
     # a moderator names the room while the admin demotes them; all end up agreeing
     room = await make_room(3, power={1: 50}, room_version=ROOM_V11)
-    (a, b, c), rid = room.engines, room.room_id
+    (a, b, _), rid = room.engines, room.room_id
     room.net.offline.update({a.server_name, b.server_name})
     await set_power(a, rid, room.users[0], {room.users[1]: 0})
     await b.send_state(rid, room.users[1], "m.room.name", "", {"name": "mine"})
