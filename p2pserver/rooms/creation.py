@@ -139,7 +139,7 @@ def create_room_events(
     draws the opaque part of pre-v12 room IDs (default: the OS's randomness).
     ``creator_profile`` (``displayname``/``avatar_url``) goes into the join.
     """
-    if not is_valid_user_id(creator) or sender_server(creator) != server_name:
+    if not is_valid_user_id(creator, historical=False) or sender_server(creator) != server_name:
         raise ValueError(f"creator {creator!r} is not a user of {server_name!r}")
     req = _parse_request(request, room_version or DEFAULT_ROOM_VERSION, creator, server_name)
     version = req.room_version
@@ -476,5 +476,5 @@ def _random_room_id(rng: random.Random, server_name: str) -> str:
 
 def _check_user_ids(user_ids: Sequence[str], field: str) -> None:
     for user_id in user_ids:
-        if not is_valid_user_id(user_id):
+        if not is_valid_user_id(user_id, historical=False):
             raise MatrixError(f"{field}: invalid user ID {user_id!r}", errcode="M_INVALID_PARAM")
