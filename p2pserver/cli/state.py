@@ -29,7 +29,7 @@ from p2pserver.rooms.validation import parse_pdu
 from p2pserver.state import MemoryEventSource, resolve_state
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("state", help="room state tools")
     actions = parser.add_subparsers(dest="state_command", metavar="ACTION")
     resolve = actions.add_parser(

@@ -347,7 +347,9 @@ class _Resolution:
                 return auth_event
         return None
 
-    def mainline_ordering(self, events: Sequence[Event], power_levels_id: str | None) -> list[Event]:
+    def mainline_ordering(
+        self, events: Sequence[Event], power_levels_id: str | None
+    ) -> list[Event]:
         """Step 3: ``events`` in mainline ordering based on ``power_levels_id``."""
         if not events:
             return []

@@ -35,7 +35,9 @@ from p2pserver.rooms.signing import SigningKey
 
 
 def signing_key(server: str) -> SigningKey:
-    return SigningKey.from_seed(hashlib.sha256(b"p2pserver state tests " + server.encode()).digest())
+    return SigningKey.from_seed(
+        hashlib.sha256(b"p2pserver state tests " + server.encode()).digest()
+    )
 
 
 class Dag:
