@@ -163,6 +163,12 @@ class Room:
                 events.append(create)
         return events
 
+    def auth_map_for(self, event: Event) -> dict[StateKey, Event]:
+        """The event's auth events as a map, unvalidated (for probing the rules)."""
+        return {
+            (e.type, e.state_key): e for e in self.auth_events_of(event) if e.state_key is not None
+        }
+
     def check(self, event: Event) -> None:
         """The receiving server's checks: the auth events, then the rules
         against them, then the rules against the current state."""
