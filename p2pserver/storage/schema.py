@@ -43,6 +43,8 @@ from collections.abc import Callable
 
 import apsw
 
+from p2pserver.storage.accounts import accounts_v1
+
 Migration = Callable[[apsw.Connection], None]
 
 _V1 = """
@@ -155,4 +157,4 @@ def _v1(conn: apsw.Connection) -> None:
     conn.execute(_V1)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1,)
+MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1)
