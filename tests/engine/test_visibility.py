@@ -1,0 +1,105 @@
+from p2pserver.engine.visibility import SHARED, effective_visibility, user_allowed
+
+from .conftest import make_room, trio_test, user
+
+
+async def _room_with_visibility(visibility: str):  # type: ignore[no-untyped-def]
+    room = await make_room(2)
+    a = room.engines[0]
+    alice = room.users[0]
+    await a.send_state(
+        room.room_id, alice, "m.room.history_visibility", "", {"history_visibility": visibility}
+    )
+    return room, a, alice
+
+
+def test_rules_in_the_spec_order() -> None:
+    assert user_allowed("world_readable", None, joined_later=False)
+    assert user_allowed("joined", "join", joined_later=False)
+    assert user_allowed("shared", "leave", joined_later=True)
+    assert not user_allowed("shared", None, joined_later=False)
+    assert user_allowed("invited", "invite", joined_later=False)
+    assert not user_allowed("joined", "invite", joined_later=True)
+    assert effective_visibility(None) == SHARED
+
+
+@trio_test
+async def test_shared_history_opens_to_later_joiners() -> None:
+    room, a, alice = await _room_with_visibility("shared")
+    rid = room.room_id
+    bob = user(a, "bob")
+    before = await a.send_message(rid, alice, {"body": "before bob"})
+    assert not a.may_user_see_event(bob, before)
+    await a.invite(rid, alice, bob)
+    assert not a.may_user_see_event(bob, before)  # invited is not joined
+    await a.join(rid, bob)
+    assert a.may_user_see_event(bob, before)
+    await a.leave(rid, bob)
+    after = await a.send_message(rid, alice, {"body": "after bob left"})
+    assert a.may_user_see_event(bob, before)  # he joined after it was sent
+    assert not a.may_user_see_event(bob, after)
+
+
+@trio_test
+async def test_joined_and_invited_visibility() -> None:
+    for visibility in ("joined", "invited"):
+        room, a, alice = await _room_with_visibility(visibility)
+        rid = room.room_id
+        bob = user(a, "bob")
+        early = await a.send_message(rid, alice, {"body": "early"})
+        invite = await a.invite(rid, alice, bob)
+        while_invited = await a.send_message(rid, alice, {"body": "while invited"})
+        join = await a.join(rid, bob)
+        joined = await a.send_message(rid, alice, {"body": "joined"})
+        leave = await a.leave(rid, bob)
+        later = await a.send_message(rid, alice, {"body": "later"})
+        assert not a.may_user_see_event(bob, early)
+        assert a.may_user_see_event(bob, invite)  # his own invite
+        assert a.may_user_see_event(bob, while_invited) == (visibility == "invited")
+        assert a.may_user_see_event(bob, join)
+        assert a.may_user_see_event(bob, joined)
+        assert a.may_user_see_event(bob, leave)  # own membership: joined before it
+        assert not a.may_user_see_event(bob, later)
+
+
+@trio_test
+async def test_world_readable_and_visibility_changes() -> None:
+    room, a, alice = await _room_with_visibility("world_readable")
+    rid = room.room_id
+    stranger = user(a, "stranger")
+    public = await a.send_message(rid, alice, {"body": "public"})
+    closing = await a.send_state(
+        rid, alice, "m.room.history_visibility", "", {"history_visibility": "joined"}
+    )
+    private = await a.send_message(rid, alice, {"body": "private"})
+    opening = await a.send_state(
+        rid, alice, "m.room.history_visibility", "", {"history_visibility": "world_readable"}
+    )
+    assert a.may_user_see_event(stranger, public)
+    assert a.may_user_see_event(stranger, closing)  # visible before it
+    assert not a.may_user_see_event(stranger, private)
+    assert a.may_user_see_event(stranger, opening)  # visible after it
+    assert a.get_event_for_user(stranger, private) is None
+
+
+@trio_test
+async def test_servers_see_what_their_users_may() -> None:
+    room, a, alice = await _room_with_visibility("joined")
+    b = room.engines[1]
+    rid = room.room_id
+    outsider = room.net.add_engine()
+    secret = await a.send_message(rid, alice, {"body": "secret"})
+    await a.send_message(rid, alice, {"body": "next"})
+    tip = a.forward_extremities(rid)
+    assert a.may_server_see_event(b.server_name, secret)
+    assert not a.may_server_see_event(outsider.server_name, secret)
+    # to a server that may not see it, the event goes out redacted
+    served = a.on_get_missing_events(
+        outsider.server_name, rid, earliest_events=[], latest_events=tip, limit=5
+    )
+    assert served and all("body" not in p["content"] for p in served)
+    served = a.on_get_missing_events(b.server_name, rid, earliest_events=[], latest_events=tip)
+    assert any(p["content"].get("body") == "secret" for p in served)
+    full = a.on_get_event(b.server_name, secret)
+    assert full["content"]["body"] == "secret"
+    assert "body" not in a.on_get_event(outsider.server_name, secret)["content"]
