@@ -246,9 +246,9 @@ class MemoryEventSource:
     def auth_chain_difference(self, state_sets: Sequence[Collection[str]]) -> set[str]:
         if not state_sets:
             return set()
-        sets = [{i for i in s if i in self._events} for s in state_sets]
+        sets = [s if isinstance(s, (set, frozenset)) else set(s) for s in state_sets]
         # Events in every set add the same chain to every C_i: OR them once.
-        common = set.intersection(*sets)
+        common = sets[0].intersection(*sets[1:])
         base = self._union_of_chains(common)
         union = 0
         intersection = -1  # all bits
@@ -259,8 +259,8 @@ class MemoryEventSource:
         return self._ids_of(union & ~intersection)
 
     def conflicted_state_subgraph(self, conflicted: Collection[str]) -> set[str]:
-        held = [i for i in conflicted if i in self._events]
         index = self._index
+        held = [i for i in conflicted if i in index]
         targets = 0
         for event_id in held:
             targets |= 1 << index[event_id]
@@ -277,11 +277,16 @@ class MemoryEventSource:
     # -- auth chains as bit sets ----------------------------------------------------------
 
     def _union_of_chains(self, event_ids: Iterable[str]) -> int:
+        """The union of the auth chains of the held events among ``event_ids``."""
         chains = self._chains
         mask = 0
         for event_id in event_ids:
             chain = chains.get(event_id)
-            mask |= chain if chain is not None else self._chain(event_id)
+            if chain is None:
+                if event_id not in self._events:
+                    continue
+                chain = self._chain(event_id)
+            mask |= chain
         return mask
 
     def _chain(self, event_id: str) -> int:
