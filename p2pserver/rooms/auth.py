@@ -7,7 +7,8 @@ numbers; v12 inserted rule 2 (room ID = create event) and rule 10.4
 number from 3 on, and one more inside the power-levels rule after 10.4
 (v12's 10.5 is v11's 9.4). v10/v11's rule 2.4 ("no create event among the
 auth events") has no v12 counterpart: there the room ID names the create
-event.
+event. v12's 3.5 (auth events from another room) is not in v10/v11's list,
+but every server applies it there too (Synapse, ruma), and so do we.
 
 The checks are split the way a receiving server uses them:
 
@@ -294,7 +295,7 @@ def check_auth_rules(event: Event, auth_events: Mapping[StateKey, Event]) -> Non
     if version.room_id_is_create_event_hash:
         if not room_id.startswith("!") or create.event_id != create_event_id_for_room(room_id):
             raise AuthError(f"rule 2: room ID {room_id} does not match the create event")
-    elif create.room_id != room_id:
+    elif create.room_id != room_id:  # 3.5's guard, for maps not built by check_auth_events
         raise AuthError(f"the create event is for another room than {room_id}")
 
     # 3. The event's own auth_events: see check_auth_events.
