@@ -11,13 +11,14 @@ Rules every implementation follows (spec: server-server API and room
 version 2 "State resolution"):
 
 - *Held* events: ``get_event`` returns an event only if the source has it
-  and it was not rejected on receipt ("Checks performed on receipt of a PDU"
-  steps 1-4: format, signatures, hashes, authorisation against the event's
-  own auth events). Unknown and rejected events answer ``None`` and never
-  take part: walks stop at them and they are left out of every answer.
-  Events that failed only the later checks (against the state before the
-  event, or soft-failed against the current state) are held: the spec has
-  state resolution handle them "as usual".
+  and it was not rejected by the event-local checks on receipt ("Checks
+  performed on receipt of a PDU": format, signatures, authorisation against
+  the event's own auth events). Unknown and rejected events answer ``None``
+  and never take part: walks stop at them and they are left out of every
+  answer. Events that failed only the checks against the state before the
+  event (or were soft-failed against the current state) are held: the spec
+  has state resolution handle them "as usual". An event whose content hash
+  failed is held in its redacted form.
 - The *auth chain* of an event E is the set of events reachable from E by
   following ``auth_events`` links: E's auth events, theirs, and so on. It
   does not contain E itself (E can never reach itself: the graph is a DAG).
@@ -96,19 +97,27 @@ class EventSource(Protocol):
 # -- walking the auth DAG (works over any EventSource) ---------------------------
 
 
-def walk_auth_graph(source: EventSource, start: Iterable[str]) -> AuthGraph:
+def walk_auth_graph(
+    source: EventSource, start: Iterable[str], loaded: dict[str, Event | None] | None = None
+) -> AuthGraph:
     """The held events reachable from ``start`` (inclusive), with their auth edges.
 
     Edges to unknown or rejected events are dropped, so every edge target is
-    a key of the result.
+    a key of the result. ``loaded`` (event ID -> event, or None if not held)
+    is used and filled as a cache, so callers fetch each event once.
     """
+    cache: dict[str, Event | None] = {} if loaded is None else loaded
     graph: AuthGraph = {}
     frontier = list(dict.fromkeys(start))
     while frontier:
-        found = source.get_events(frontier)
+        missing = [i for i in frontier if i not in cache]
+        if missing:
+            found = source.get_events(missing)
+            for event_id in missing:
+                cache[event_id] = found.get(event_id)
         pending: dict[str, None] = {}
         for event_id in frontier:
-            event = found.get(event_id)
+            event = cache[event_id]
             if event is not None:
                 graph[event_id] = event.auth_event_ids
                 for auth_id in event.auth_event_ids:
