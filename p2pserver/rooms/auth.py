@@ -712,14 +712,11 @@ def _check_power_levels(
 # 10.3 costs about a microsecond per user ID, milliseconds for a big room,
 # and state resolution checks the same power-levels event again and again.
 # `users` survives redaction, so the event ID fixes it: remember the verdict.
-_MEMO_MIN_USERS = 64
-_MEMO_MAX_ENTRIES = 1024
+_MEMO_MAX_ENTRIES = 4096
 _users_valid_memo: dict[str, bool] = {}
 
 
 def _keys_are_user_ids(event: Event, users: dict[str, Any]) -> bool:
-    if len(users) < _MEMO_MIN_USERS:
-        return all(is_valid_user_id(u) for u in users)
     verdict = _users_valid_memo.get(event.event_id)
     if verdict is None:
         verdict = all(is_valid_user_id(u) for u in users)
