@@ -85,6 +85,9 @@ class Database:
         self.conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
         self.conn.execute("PRAGMA foreign_keys=ON")
         self.conn.execute("PRAGMA temp_store=MEMORY")
+        # Checkpoint the WAL every ~16 MiB rather than every 4 MiB: fewer
+        # fsyncs of the main file under a steady stream of small commits.
+        self.conn.execute("PRAGMA wal_autocheckpoint=4000")
 
     # -- migrations -----------------------------------------------------------
 

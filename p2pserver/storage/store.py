@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from p2pserver.rooms.canonical_json import encode_canonical_json
 from p2pserver.rooms.events import Event, StateKey, sender_server
 from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.storage.auth_chains import AuthChains
@@ -93,6 +92,15 @@ _META_COLUMNS = (
 )
 
 
+# Stored PDUs need no canonical form (hashes and signatures are computed on
+# the way in, from the parsed object), only a lossless one.
+_pdu_encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _encode_pdu(pdu: Mapping[str, Any]) -> bytes:
+    return _pdu_encoder.encode(pdu).encode("utf-8")
+
+
 def _meta_from_row(row: Sequence[Any]) -> EventMeta:
     return EventMeta(
         nid=row[0],
@@ -121,6 +129,7 @@ class Store:
         self._meta: LruCache[str, EventMeta] = LruCache(100_000)
         self._events: LruCache[str, Event] = LruCache(20_000)
         self._stream: int | None = None
+        self._extremities: dict[str, tuple[str, ...]] = {}
         db.on_rollback(self.clear_caches)
 
     @classmethod
@@ -143,6 +152,7 @@ class Store:
         self._meta.clear()
         self._events.clear()
         self._stream = None
+        self._extremities.clear()
         self.state_groups.clear_caches()
         self.auth_chains.clear_caches()
 
@@ -328,11 +338,13 @@ class Store:
         ):
             raise ValueError("outliers have no state; accepted and soft-failed events do")
         stream = self._next_stream_ordering() if status in IN_DAG else None
+        # The state after a state event needs the event's nid: set it below.
+        after = None if adds_state else state_before
         self.db.execute(
             """INSERT INTO events (event_id, room_id, type, state_key, sender, depth,
                    origin_server_ts, status, rejected_reason, redacted, stream_ordering,
-                   state_before, pdu)
-               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                   state_before, state_after, pdu)
+               VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
             (
                 event.event_id,
                 event.room_id,
@@ -346,7 +358,8 @@ class Store:
                 int(event.redacted),
                 stream,
                 state_before,
-                encode_canonical_json(event.pdu),
+                after,
+                _encode_pdu(event.pdu),
             ),
         )
         nid = int(self.db.conn.last_insert_rowid())
@@ -363,7 +376,7 @@ class Store:
             event.redacted,
             stream,
             state_before,
-            None,
+            after,
         )
         self._meta.set(event.event_id, meta)
         self._events.set(event.event_id, event)
@@ -373,7 +386,7 @@ class Store:
             self._insert_auth_edges(nid, event)
         if status == EventStatus.ACCEPTED:
             self._record_redaction(nid, event)
-        if state_before is not None:
+        if adds_state and state_before is not None:
             meta = self._set_state_after(meta, event, adds_state)
         return meta
 
@@ -431,7 +444,21 @@ class Store:
                 meta.room_id, after, {(event.type, event.state_key): event.event_id}
             )
         self.db.execute("UPDATE events SET state_after = ? WHERE event_nid = ?", (after, meta.nid))
-        meta = replace(meta, state_after=after)
+        meta = EventMeta(
+            meta.nid,
+            meta.event_id,
+            meta.room_id,
+            meta.type,
+            meta.state_key,
+            meta.sender,
+            meta.depth,
+            meta.status,
+            meta.rejected_reason,
+            meta.redacted,
+            meta.stream_ordering,
+            meta.state_before,
+            after,
+        )
         self._meta.set(meta.event_id, meta)
         return meta
 
@@ -480,32 +507,48 @@ class Store:
 
     def forward_extremities(self, room_id: str) -> list[str]:
         """The room's forward extremities, deepest first."""
-        return [
-            r[0]
-            for r in self.db.query(
-                """SELECT e.event_id FROM forward_extremities f JOIN events e USING (event_nid)
-                   WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_nid DESC""",
-                (room_id,),
+        cached = self._extremities.get(room_id)
+        if cached is None:
+            cached = tuple(
+                r[0]
+                for r in self.db.query(
+                    """SELECT e.event_id FROM forward_extremities f JOIN events e USING (event_nid)
+                       WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_nid DESC""",
+                    (room_id,),
+                )
             )
-        ]
+            self._extremities[room_id] = cached
+        return list(cached)
 
     def set_forward_extremities(self, room_id: str, event_ids: Iterable[str]) -> None:
-        nids = self.event_nids(event_ids)
-        self.db.execute("DELETE FROM forward_extremities WHERE room_id = ?", (room_id,))
+        """Replace the room's forward extremities (inside a transaction)."""
+        old = set(self.forward_extremities(room_id))
+        new = set(event_ids)
+        nids = self.event_nids(old ^ new)
+        self.db.executemany(
+            "DELETE FROM forward_extremities WHERE room_id = ? AND event_nid = ?",
+            [(room_id, nids[e]) for e in old - new],
+        )
         self.db.executemany(
             "INSERT INTO forward_extremities (room_id, event_nid) VALUES (?, ?)",
-            [(room_id, nid) for nid in nids.values()],
+            [(room_id, nids[e]) for e in new - old],
+        )
+        metas = self.event_metas(new)
+        self._extremities[room_id] = tuple(
+            sorted(new, key=lambda e: (metas[e].depth, metas[e].nid), reverse=True)
         )
 
     def has_accepted_child(self, event_id: str) -> bool:
         """True if an accepted event in the DAG lists ``event_id`` as a prev event."""
-        return (
-            self.db.query_one(
-                """SELECT 1 FROM event_edges g JOIN events e ON e.event_nid = g.event_nid
-                   WHERE g.prev_event_id = ? AND e.status = 'accepted' LIMIT 1""",
-                (event_id,),
-            )
-            is not None
+        children = self.db.query(
+            "SELECT event_nid FROM event_edges WHERE prev_event_id = ?", (event_id,)
+        )
+        if not children:
+            return False  # the usual case: nothing points at it yet
+        return any(
+            r[0] == "accepted"
+            for (nid,) in children
+            for r in self.db.query("SELECT status FROM events WHERE event_nid = ?", (nid,))
         )
 
     def children(self, event_id: str) -> list[str]:
@@ -546,11 +589,14 @@ class Store:
             return {}
         return self.state_groups.load(record.current_state_group)
 
-    def set_current_state(self, room_id: str, group: int) -> dict[StateKey, str | None]:
+    def set_current_state(
+        self, room_id: str, group: int, *, delta: Mapping[StateKey, str | None] | None = None
+    ) -> dict[StateKey, str | None]:
         """Make ``group`` the room's current state (inside a transaction).
 
         Updates ``current_state`` and ``joined_servers`` by the difference,
-        which is returned.
+        which is returned. A caller that knows the difference from the old
+        current state (one state event on top of it) may pass it as ``delta``.
         """
         record = self.room(room_id)
         if record is None:
@@ -558,11 +604,13 @@ class Store:
         if record.current_state_group == group:
             return {}
         old = self.current_state(room_id)
-        new = self.state_groups.load(group)
-        delta = diff_states(old, new)
+        if delta is None:
+            delta = diff_states(old, self.state_groups.load(group))
+        else:
+            delta = {k: v for k, v in delta.items() if old.get(k) != v}
         changed_members = [k for k in delta if k[0] == MEMBER]
         events = self.load_events(
-            [v for k in changed_members for v in (old.get(k), new.get(k)) if v is not None],
+            [v for k in changed_members for v in (old.get(k), delta[k]) if v is not None],
             allow_rejected=True,
         )
 
@@ -573,7 +621,7 @@ class Store:
         server_change: dict[str, int] = {}
         for key in changed_members:
             was = membership(old.get(key)) == "join"
-            now = membership(new.get(key)) == "join"
+            now = membership(delta[key]) == "join"
             if was != now:
                 server = sender_server(key[1])
                 server_change[server] = server_change.get(server, 0) + (1 if now else -1)
