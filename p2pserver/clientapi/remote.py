@@ -1,0 +1,51 @@
+"""What the client API asks of other nodes: the :class:`Remote` hook.
+
+The client API serves one node's users from the local room engine. Some
+requests need other nodes: joining a room that no local user is in
+(make_join / send_join), inviting a user of another node (``/invite``,
+which the invitee's server co-signs), another node's profiles, aliases and
+room directory. The federation layer implements :class:`Remote` and passes
+it to :func:`p2pserver.clientapi.serve_client_api`; without one, those
+requests fail with the errcode the spec gives for an unreachable server
+(M_NOT_FOUND for lookups, M_UNABLE_TO_GRANT_JOIN / M_FORBIDDEN for joins
+and invites) and everything local keeps working.
+
+Rules for implementations:
+- Each method raises :class:`~p2pserver.rooms.errors.MatrixError` with the
+  errcode the client should see (the remote server's own, when it sent
+  one); any other exception is treated as a bug (500).
+- ``join`` returns the join event's ID once the room is stored locally
+  (the engine holds the state from send_join), so the client's next /sync
+  shows the room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+
+class Remote(Protocol):
+    async def join(
+        self, room_id: str, user_id: str, via: Sequence[str], content: Mapping[str, Any]
+    ) -> str:
+        """Join ``room_id`` through one of ``via`` (make_join, then send_join)."""
+        ...
+
+    async def invite(self, room_id: str, sender: str, target: str, reason: str | None) -> str:
+        """Invite a user of another server (federation ``/invite``); the event ID."""
+        ...
+
+    async def query_alias(self, alias: str) -> tuple[str, list[str]]:
+        """Resolve another server's alias: (room ID, servers to join through)."""
+        ...
+
+    async def query_profile(self, user_id: str) -> dict[str, Any]:
+        """Another server's user's profile: ``displayname`` and ``avatar_url`` keys."""
+        ...
+
+    async def public_rooms(
+        self, server: str, *, limit: int | None, since: str | None, search: str | None
+    ) -> dict[str, Any]:
+        """Another server's /publicRooms answer (``chunk``, ``next_batch``, ...)."""
+        ...

@@ -1,0 +1,239 @@
+"""The client API application and its entry point, :func:`serve_client_api`.
+
+:class:`ClientAPI` turns an HTTP :class:`~p2pserver.clientapi.http.Request`
+into a :class:`~p2pserver.clientapi.http.Response`:
+
+1. ``OPTIONS`` on any path: 200 with the CORS headers (browsers preflight).
+2. Route the path (:mod:`.routing`): 404 / 405 M_UNRECOGNIZED otherwise.
+3. Authenticate: the access token from ``Authorization: Bearer`` or the
+   deprecated ``access_token`` query parameter (matrix-nio sends that).
+   None on a route that needs one: 401 M_MISSING_TOKEN; one we do not
+   know: 401 M_UNKNOWN_TOKEN. A route that does not need a token still
+   checks one that is given.
+4. Call the endpoint; its dict is the 200 JSON body, or it returns
+   ``(status, body)``.
+5. Errors: :class:`MatrixError` -> its status and ``{errcode, error}``;
+   :class:`UserInteractiveAuth` -> 401 with its body; anything else is a
+   bug: logged, 500 M_UNKNOWN.
+
+It holds what the endpoints share: the room engine, the account store,
+typing and presence (in memory), UIA sessions, and the :class:`Wakeup`
+that long-polling /sync waits on (poked by the engine's notifier and by
+every account-stream or ephemeral write).
+
+Start-up cost matters (a node must answer /versions within a second), so
+this package imports nothing heavy: no libp2p, no federation code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import string
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pserver.clientapi.errors import ApiError, UserInteractiveAuth, error_body, status_for
+from p2pserver.clientapi.http import HttpServer, Request, Response
+from p2pserver.clientapi.remote import Remote
+from p2pserver.clientapi.routing import Ctx, Requester, Router, json_bytes
+from p2pserver.clientapi.streams import EphemeralCounter, Presence, StreamToken, Typing, Wakeup
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.engine.notifier import RoomUpdate
+from p2pserver.rooms.errors import MatrixError
+from p2pserver.storage.accounts import AccountStore, RoomReads
+
+if TYPE_CHECKING:
+    from p2pserver.node.config import NodeConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ClientAPI", "ClientApiHandle", "hash_token", "serve_client_api"]
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8")).digest()
+
+
+def _random_id(length: int) -> str:
+    return "".join(secrets.choice(string.ascii_uppercase) for _ in range(length))
+
+
+class ClientAPI:
+    def __init__(
+        self,
+        engine: RoomEngine,
+        accounts: AccountStore | None = None,
+        *,
+        registration_open: bool = True,
+        remote: Remote | None = None,
+        base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.accounts = accounts or AccountStore(engine.store.db)
+        self.reads = RoomReads(engine.store.db)
+        self.server_name = engine.server_name
+        self.registration_open = registration_open
+        self.remote = remote
+        self.base_url = base_url
+        self.clock = clock
+        self.wakeup = Wakeup()
+        self.ephemeral = EphemeralCounter(clock)
+        self.typing = Typing(self.ephemeral)
+        self.presence = Presence(self.ephemeral, clock)
+        from p2pserver.clientapi.session import UiaSessions
+
+        self.uia = UiaSessions(clock)
+        self.router = build_router()
+        engine.notifier.add_listener(self._on_room_update)
+
+    # -- shared helpers ----------------------------------------------------------
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def poke(self) -> None:
+        """Something /sync may deliver changed: wake long-polls."""
+        self.wakeup.poke()
+
+    def _on_room_update(self, update: RoomUpdate) -> None:
+        self.poke()
+
+    def current_token(self) -> StreamToken:
+        return StreamToken(
+            self.engine.notifier.position, self.accounts.stream_position(), self.ephemeral.position
+        )
+
+    def is_local_user(self, user_id: str) -> bool:
+        return user_id.startswith("@") and user_id.partition(":")[2] == self.server_name
+
+    def login_device(
+        self, user_id: str, device_id: str | None, display_name: str | None, ip: str
+    ) -> dict[str, Any]:
+        """Create or reuse a device, give it a new access token; the login response."""
+        device_id = device_id or _random_id(10)
+        token = "p2p_" + secrets.token_urlsafe(32)
+        self.accounts.add_device(
+            user_id, device_id, display_name, hash_token(token), self.now_ms(), ip
+        )
+        return {
+            "user_id": user_id,
+            "access_token": token,
+            "device_id": device_id,
+            "home_server": self.server_name,
+        }
+
+    def authenticate(self, request: Request, *, required: bool) -> Requester | None:
+        token = None
+        header = request.headers.get("authorization")
+        if header is not None:
+            scheme, _, value = header.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise ApiError.of(
+                    "M_UNKNOWN_TOKEN", "unrecognised Authorization header", soft_logout=False
+                )
+            token = value.strip()
+        else:
+            token = request.query_value("access_token")
+        if not token:
+            if required:
+                raise ApiError.of("M_MISSING_TOKEN", "missing access token")
+            return None
+        owner = self.accounts.token_owner(hash_token(token))
+        if owner is None:
+            raise ApiError.of("M_UNKNOWN_TOKEN", "unknown access token", soft_logout=False)
+        return Requester(*owner)
+
+    # -- the request pipeline ----------------------------------------------------
+
+    async def handle(self, request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(200, b"{}")
+        try:
+            route, params = self.router.resolve(request.method, request.path)
+            requester = self.authenticate(request, required=route.auth)
+            result = await route.endpoint(Ctx(self, request, params, requester))
+            status, body = result if isinstance(result, tuple) else (200, result)
+            return Response(status, b"" if request.method == "HEAD" else json_bytes(body))
+        except UserInteractiveAuth as exc:
+            return Response(401, json_bytes(exc.body))
+        except MatrixError as exc:
+            return Response(status_for(exc), json_bytes(error_body(exc)))
+        except Exception:
+            logger.exception("client API: %s %s failed", request.method, request.path)
+            return Response(
+                500, json_bytes({"errcode": "M_UNKNOWN", "error": "internal server error"})
+            )
+
+
+def build_router() -> Router:
+    from p2pserver.clientapi import directory, rooms, session, startup, syncing
+
+    router = Router()
+    for module in (session, rooms, syncing, startup, directory):
+        module.add_routes(router)
+    return router
+
+
+@dataclass(frozen=True)
+class ClientApiHandle:
+    """What :func:`serve_client_api` hands its caller once it listens."""
+
+    api: ClientAPI
+    url: str
+    host: str
+    port: int
+
+
+async def serve_client_api(
+    engine: RoomEngine,
+    accounts: AccountStore | None,
+    config: NodeConfig,
+    *,
+    remote: Remote | None = None,
+    task_status: Any = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve the client API on ``config.client_listen`` until cancelled.
+
+    Binding a non-loopback address needs ``config.allow_remote_clients``
+    (else :class:`~p2pserver.node.config.ConfigError`) and logs a warning.
+    Use with ``await nursery.start(serve_client_api, engine, None, config)``:
+    it reports a :class:`ClientApiHandle` once the socket listens; port 0
+    picks a free port (the handle has the real one).
+    """
+    from p2pserver.node.config import ConfigError, is_loopback_host, parse_host_port
+
+    host, port = parse_host_port(config.client_listen)
+    if not is_loopback_host(host):
+        if not config.allow_remote_clients:
+            raise ConfigError(
+                f"client_listen {config.client_listen} is not a loopback address: set "
+                "allow_remote_clients to let other machines reach this node's client API"
+            )
+        logger.warning(
+            "the client API listens on %s: other machines can reach it (allow_remote_clients)",
+            config.client_listen,
+        )
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    bound_port = int(listeners[0].socket.getsockname()[1])
+    url_host = f"[{host}]" if ":" in host else host
+    url = f"http://{url_host}:{bound_port}"
+    api = ClientAPI(
+        engine,
+        accounts,
+        registration_open=config.registration_open,
+        remote=remote,
+        base_url=url,
+    )
+    server = HttpServer(api.handle)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(server.serve, listeners)
+        logger.info("client API ready at %s (server name %s)", url, engine.server_name)
+        task_status.started(ClientApiHandle(api, url, host, bound_port))

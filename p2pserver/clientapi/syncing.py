@@ -1,0 +1,420 @@
+"""/sync and filters: gathering the data and long-polling.
+
+``GET /sync`` reads what the user's rooms and account hold into a
+:class:`~p2pserver.clientapi.sync.SyncInput` and lets
+:func:`~p2pserver.clientapi.sync.build_sync_response` build the answer.
+
+Which rooms, for a ``since`` token (events position S) or none (initial):
+- every room whose current membership is ``join``, on an initial sync or
+  ``full_state``; otherwise those with new events after S, new receipts,
+  typing changes or room account data. A room the user joined after S is
+  sent as on an initial sync (full state, the latest timeline).
+- ``invite`` / ``knock``: on an initial sync, or when the membership event
+  is after S.
+- ``leave`` / ``ban``: when the membership event is after S (incremental),
+  or on an initial sync with ``include_leave``. Forgotten rooms never.
+
+Timeline: the latest visible, filter-passing events after S (all history
+on an initial sync), at most the filter's limit (default 10); ``limited``
+when more lie between S and them, and ``prev_batch`` the point just before
+the first one. For a left room, the timeline ends at the leave.
+
+Long-poll: with ``since`` and no ``full_state``, an answer with nothing new
+(:func:`~p2pserver.clientapi.sync.has_updates`) is not sent; the request
+waits until anything /sync may deliver changes (the client API's
+:class:`~p2pserver.clientapi.streams.Wakeup`: room events via the engine's
+notifier, account data, receipts, typing, presence) or ``timeout`` ms pass,
+and computes again. Typing timeouts also wake it. Either way ``next_batch``
+covers everything looked at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from p2pserver.clientapi.errors import ApiError
+from p2pserver.clientapi.filters import DEFAULT_TIMELINE_LIMIT, Filter, parse_filter
+from p2pserver.clientapi.pushrules import RoomFacts, count_unread, default_ruleset
+from p2pserver.clientapi.routing import Ctx, Router
+from p2pserver.clientapi.streams import PRESENCE_STATES, StreamToken
+from p2pserver.clientapi.sync import (
+    RoomSync,
+    SyncEvent,
+    SyncInput,
+    build_sync_response,
+    has_updates,
+)
+from p2pserver.clientapi.views import RoomViews
+from p2pserver.rooms.events import Event
+from p2pserver.rooms.power_levels import get_user_power_level
+from p2pserver.storage.accounts import Membership
+
+if TYPE_CHECKING:
+    from p2pserver.clientapi.server import ClientAPI
+
+MAX_TIMEOUT_MS = 5 * 60 * 1000
+# How many events after the user's read receipt are checked for unread counts.
+UNREAD_SCAN = 100
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
+
+def add_routes(router: Router) -> None:
+    router.add("GET", "/sync", sync)
+    router.add("POST", "/user/{userId}/filter", create_filter)
+    router.add("GET", "/user/{userId}/filter/{filterId}", get_filter)
+
+
+# -- filters -----------------------------------------------------------------------
+
+
+def _own_user(ctx: Ctx) -> str:
+    if ctx.params["userId"] != ctx.user_id:
+        raise ApiError.of("M_FORBIDDEN", "you can only manage your own filters")
+    return ctx.user_id
+
+
+async def create_filter(ctx: Ctx) -> dict[str, Any]:
+    user_id = _own_user(ctx)
+    body = ctx.json()
+    parse_filter(body)  # validate
+    return {"filter_id": str(ctx.api.accounts.add_filter(user_id, body))}
+
+
+async def get_filter(ctx: Ctx) -> dict[str, Any]:
+    user_id = _own_user(ctx)
+    filter_id = ctx.params["filterId"]
+    stored = ctx.api.accounts.filter(user_id, int(filter_id)) if filter_id.isdigit() else None
+    if stored is None:
+        raise ApiError.of("M_NOT_FOUND", "no such filter")
+    return stored
+
+
+def _sync_filter(ctx: Ctx) -> Filter:
+    value = ctx.query("filter")
+    if value is None or value == "":
+        return Filter()
+    if value.startswith("{"):
+        import json
+
+        try:
+            data = json.loads(value)
+        except ValueError:
+            raise ApiError.of("M_INVALID_PARAM", "filter is not valid JSON") from None
+        return parse_filter(data)
+    stored = ctx.api.accounts.filter(ctx.user_id, int(value)) if value.isdigit() else None
+    if stored is None:
+        raise ApiError.of("M_INVALID_PARAM", f"unknown filter {value!r}")
+    return parse_filter(stored)
+
+
+# -- /sync ---------------------------------------------------------------------------
+
+
+async def sync(ctx: Ctx) -> dict[str, Any]:
+    api = ctx.api
+    since_text = ctx.query("since")
+    since = StreamToken.parse(since_text, "since") if since_text else None
+    timeout_ms = ctx.query_int("timeout", 0, maximum=MAX_TIMEOUT_MS)
+    full_state = ctx.query_bool("full_state")
+    flt = _sync_filter(ctx)
+    set_presence = ctx.query("set_presence") or "online"
+    if set_presence not in PRESENCE_STATES:
+        raise ApiError.of("M_INVALID_PARAM", f"unknown set_presence {set_presence!r}")
+    if set_presence != "offline" and api.presence.set(ctx.user_id, set_presence, keep_msg=True):
+        api.poke()
+    deadline = trio.current_time() + timeout_ms / 1000
+    while True:
+        wake = api.wakeup.current()  # before looking, so no change is missed
+        if api.typing.expire():
+            api.poke()
+            wake = api.wakeup.current()
+        response = SyncGatherer(api, ctx.user_id, ctx.requester.device_id, flt).sync(
+            since, full_state=full_state
+        )
+        if since is None or full_state or has_updates(response):
+            return response
+        now = trio.current_time()
+        if now >= deadline:
+            return response
+        until = deadline
+        expiry = api.typing.next_expiry()
+        if expiry is not None:
+            until = min(until, trio.current_time() + max(0.0, expiry - api.typing.clock()))
+        with trio.move_on_at(until):
+            await wake.wait()
+
+
+class SyncGatherer:
+    """Reads one user's sync data (see the module docstring)."""
+
+    def __init__(self, api: ClientAPI, user_id: str, device_id: str, flt: Filter) -> None:
+        self.api = api
+        self.user_id = user_id
+        self.device_id = device_id
+        self.filter = flt
+        self.views = RoomViews(api)
+        self.store = api.store
+
+    def sync(self, since: StreamToken | None, *, full_state: bool) -> dict[str, Any]:
+        api = self.api
+        now = api.current_token()
+        initial = since is None
+        since_token = since or StreamToken(0, 0, 0)
+        # Positions from a restarted ephemeral counter or another node are clamped.
+        ephemeral_since = since_token.ephemeral if since_token.ephemeral <= now.ephemeral else 0
+        account_changes = api.accounts.account_data_since(
+            self.user_id, 0 if initial else since_token.account
+        )
+        room_data: dict[str, dict[str, Any]] = {}
+        global_data: dict[str, Any] = {}
+        for room_id, data_type, content in account_changes:
+            if room_id is None:
+                global_data[data_type] = content
+            else:
+                room_data.setdefault(room_id, {})[data_type] = content
+        if initial and "m.push_rules" not in global_data:
+            global_data["m.push_rules"] = default_ruleset(self.user_id)
+        changed = set() if initial else api.reads.rooms_changed(since_token.events, now.events)
+        receipt_rooms = set() if initial else api.accounts.receipt_rooms_since(since_token.account)
+        forgotten = api.accounts.forgotten_rooms(self.user_id)
+        rooms: list[RoomSync] = []
+        shared_users: set[str] = {self.user_id}
+        for member in api.reads.memberships(self.user_id):
+            if member.room_id in forgotten or not self.filter.room.allows_room(member.room_id):
+                continue
+            new = member.stream_ordering is not None and member.stream_ordering > since_token.events
+            if member.membership == "join":
+                shared_users.update(u for u, m in api.reads.members(member.room_id) if m == "join")
+                quiet = not (
+                    member.room_id in changed
+                    or member.room_id in receipt_rooms
+                    or member.room_id in room_data
+                    or api.typing.changed_since(member.room_id, ephemeral_since)
+                )
+                if initial or full_state or new or not quiet:
+                    rooms.append(
+                        self._joined(
+                            member,
+                            since=None if (initial or new) else since_token,
+                            full_state=full_state,
+                            upto=now.events,
+                            ephemeral_since=ephemeral_since,
+                            room_data=room_data.get(member.room_id, {}),
+                        )
+                    )
+            elif member.membership in ("invite", "knock"):
+                if initial or new:
+                    rooms.append(self._stripped(member))
+            elif member.membership in ("leave", "ban") and (
+                (new and not initial) or (initial and self.filter.room.include_leave)
+            ):
+                since_or_none = None if initial else since_token
+                rooms.append(self._left(member, since=since_or_none, full_state=full_state))
+        presence: dict[str, dict[str, Any]] = {}
+        for user_id, record in api.presence.changed_since(
+            0 if initial else ephemeral_since
+        ).items():
+            if user_id in shared_users:
+                content = {
+                    "presence": record.presence,
+                    "last_active_ago": max(0, api.now_ms() - record.last_active_ts),
+                    "currently_active": record.presence == "online",
+                }
+                if record.status_msg is not None:
+                    content["status_msg"] = record.status_msg
+                presence[user_id] = content
+        return build_sync_response(
+            SyncInput(
+                user_id=self.user_id,
+                next_batch=str(now),
+                now_ms=api.now_ms(),
+                filter=self.filter,
+                rooms=rooms,
+                account_data=global_data,
+                presence=presence,
+                initial=initial,
+            )
+        )
+
+    # -- rooms -----------------------------------------------------------------------
+
+    def _timeline(
+        self, room_id: str, *, after: int, upto: int
+    ) -> tuple[list[SyncEvent], bool, str]:
+        flt = self.filter.room.timeline
+        limit = flt.limited_to(DEFAULT_TIMELINE_LIMIT)
+        newest, more = self.views.timeline(
+            room_id,
+            self.user_id,
+            self.device_id,
+            after=after,
+            before=upto + 1,
+            limit=limit,
+            newest_first=True,
+            flt=flt,
+        )
+        timeline = newest[::-1]
+        start = (timeline[0].stream - 1) if timeline else upto
+        prev_batch = str(StreamToken(start))
+        return timeline, more, prev_batch
+
+    def _state_at_start(
+        self, timeline: list[SyncEvent], upto_state: Mapping[Any, str]
+    ) -> dict[Any, SyncEvent]:
+        """The state before the first timeline event (``upto_state`` if none)."""
+        if timeline:
+            meta = self.store.event_meta(timeline[0].event.event_id)
+            if meta is not None and meta.state_before is not None:
+                return self.views.state_events(self.store.state_map(meta.state_before))
+        return self.views.state_events(upto_state)
+
+    def _state_at(self, room_id: str, position: int) -> Mapping[Any, str] | None:
+        event_id = self.api.reads.last_event_at(room_id, position)
+        meta = self.store.event_meta(event_id) if event_id else None
+        if meta is None or meta.state_after is None:
+            return None
+        return self.store.state_map(meta.state_after)
+
+    def _joined(
+        self,
+        member: Membership,
+        *,
+        since: StreamToken | None,
+        full_state: bool,
+        upto: int,
+        ephemeral_since: int,
+        room_data: Mapping[str, Any],
+    ) -> RoomSync:
+        room_id = member.room_id
+        after = since.events if since is not None else 0
+        timeline, limited, prev_batch = self._timeline(room_id, after=after, upto=upto)
+        current = self.store.current_state(room_id)
+        state_at_start = self._state_at_start(timeline, current)
+        state_at_since = None
+        if since is not None and not full_state:
+            state_at_since = self._state_at(room_id, since.events)
+        receipts = self.api.accounts.receipts(room_id, since.account if since else 0)
+        receipts = [
+            r for r in receipts if r.receipt_type != "m.read.private" or r.user_id == self.user_id
+        ]
+        typing = None
+        if since is None or self.api.typing.changed_since(room_id, ephemeral_since):
+            typing = self.api.typing.typers(room_id)
+        return RoomSync(
+            room_id=room_id,
+            membership="join",
+            timeline=timeline,
+            limited=limited,
+            prev_batch=prev_batch,
+            state_at_start=state_at_start,
+            state_at_since=state_at_since,
+            typing=typing,
+            receipts=receipts,
+            account_data=room_data,
+            unread=self._unread(room_id, current),
+            summary=self._summary(room_id, current),
+        )
+
+    def _left(self, member: Membership, *, since: StreamToken | None, full_state: bool) -> RoomSync:
+        room_id = member.room_id
+        upto = member.stream_ordering or 0
+        after = since.events if since is not None else 0
+        timeline, limited, prev_batch = self._timeline(room_id, after=after, upto=upto)
+        meta = self.store.event_meta(member.event_id)
+        at_leave = self.store.state_map(meta.state_after) if meta and meta.state_after else {}
+        state_at_start = self._state_at_start(timeline, at_leave)
+        state_at_since = None
+        if since is not None and not full_state:
+            state_at_since = self._state_at(room_id, since.events)
+        return RoomSync(
+            room_id=room_id,
+            membership=member.membership,
+            timeline=timeline,
+            limited=limited,
+            prev_batch=prev_batch,
+            state_at_start=state_at_start,
+            state_at_since=state_at_since,
+        )
+
+    def _stripped(self, member: Membership) -> RoomSync:
+        current = self.store.current_state(member.room_id)
+        ids = [current[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in current]
+        events = self.store.load_events([*ids, member.event_id])
+        stripped: list[Event] = [events[i] for i in [*ids, member.event_id] if i in events]
+        return RoomSync(room_id=member.room_id, membership=member.membership, stripped=stripped)
+
+    def _summary(self, room_id: str, current: Mapping[Any, str]) -> dict[str, Any]:
+        members = self.api.reads.members(room_id)
+        joined = [u for u, m in members if m == "join"]
+        invited = [u for u, m in members if m == "invite"]
+        heroes = [u for u in joined + invited if u != self.user_id][:5]
+        return {
+            "m.heroes": heroes,
+            "m.joined_member_count": len(joined),
+            "m.invited_member_count": len(invited),
+        }
+
+    def _unread(self, room_id: str, current: Mapping[Any, str]) -> tuple[int, int]:
+        """Counts over the events after the user's latest read receipt (or all, capped)."""
+        accounts = self.api.accounts
+        read_after = 0
+        for receipt in accounts.receipts(room_id):
+            if receipt.user_id == self.user_id and receipt.receipt_type in (
+                "m.read",
+                "m.read.private",
+            ):
+                meta = self.store.event_meta(receipt.event_id)
+                if meta is not None and meta.stream_ordering is not None:
+                    read_after = max(read_after, meta.stream_ordering)
+        rows = self.api.reads.room_events(
+            room_id, after=read_after, before=2**62, limit=UNREAD_SCAN, newest_first=True
+        )
+        if not rows:
+            return 0, 0
+        events = [
+            e
+            for e in self.store.load_events(r[0] for r in rows).values()
+            if e.sender != self.user_id
+        ]
+        if not events:
+            return 0, 0
+        ruleset = accounts.account_data(self.user_id, None, "m.push_rules") or default_ruleset(
+            self.user_id
+        )
+        keys = (("m.room.create", ""), ("m.room.power_levels", ""))
+        loaded = self.store.load_events(current[k] for k in keys if k in current)
+        auth_state = {k: loaded[current[k]] for k in keys if current.get(k) in loaded}
+        power = auth_state.get(("m.room.power_levels", ""))
+        notifications = power.content.get("notifications") if power else None
+        levels = (
+            {k: v for k, v in notifications.items() if type(v) is int}
+            if isinstance(notifications, dict)
+            else {}
+        )
+        member_count = sum(1 for _, m in self.api.reads.members(room_id) if m == "join")
+        profile = accounts.user(self.user_id)
+        display_name = profile.displayname if profile else None
+
+        def facts(event: Mapping[str, Any]) -> RoomFacts:
+            level = get_user_power_level(str(event.get("sender")), auth_state)
+            return RoomFacts(
+                user_id=self.user_id,
+                display_name=display_name,
+                member_count=member_count,
+                sender_power=level if isinstance(level, int) else 2**53,  # v12 creators: infinite
+                notification_levels=levels,
+            )
+
+        formatted = [e.get_pdu_json() | {"event_id": e.event_id} for e in events]
+        return count_unread(ruleset, formatted, room_id, facts)
