@@ -1,0 +1,293 @@
+"""Pushing PDUs and EDUs to other servers from the persistent outbound queue.
+
+Rules:
+
+- What we owe each destination lives in the store's outbound queue
+  (:mod:`p2pserver.storage.outbound`), so it survives restarts and crashes:
+  the engine queues each local event in the transaction that stores it,
+  and :meth:`FederationSender.relay` queues events we pass on. An item
+  leaves the queue only once the destination answered the transaction
+  (at-least-once delivery; receivers drop duplicates by event ID).
+- One worker task per destination with something queued sends its items
+  in queue order, at most 50 PDUs and 100 EDUs per transaction, one
+  transaction at a time, each with a fresh transaction ID.
+- Bounded fan-out (:mod:`p2pserver.federation.fanout`): the engine queues
+  our events for every joined server; the worker sends one of our events
+  to a destination only if the destination is among our push targets for
+  it, and drops the item otherwise (others relay it, or pulls fetch it).
+  Relayed items were chosen when queued and are always sent.
+- Failures: an unreachable or silent destination, or a transient refusal
+  (``M_UNKNOWN``, ``M_LIMIT_EXCEEDED``), keeps its items and backs off:
+  ``backoff_initial`` seconds doubling up to ``backoff_max`` (after a
+  ``retry_after_ms`` if given). A destination that reconnects
+  (:meth:`peer_connected`, fed from the Network's peer events) is retried
+  at once with its backoff reset. A permanent refusal of a whole
+  transaction (any other errcode) drops that batch, logged, rather than
+  blocking the queue forever; the destination can still pull the events.
+- Every delivered event is recorded in :class:`PeerKnowledge`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio's own is hidden by these stubs
+
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.federation.client import FederationClient, FederationError
+from p2pserver.federation.fanout import DEFAULT_FANOUT, push_targets
+from p2pserver.federation.knowledge import PeerKnowledge
+from p2pserver.federation.view import pdu_room_version, room_servers
+from p2pserver.rooms.events import Event
+
+logger = logging.getLogger(__name__)
+
+# Wake every destination this often even without news (belt and braces).
+RESCAN_INTERVAL = 60.0
+
+
+@dataclass
+class _Backoff:
+    failures: int = 0
+    until: float = 0.0
+    reset: trio.Event = field(default_factory=trio.Event)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class FederationSender:
+    def __init__(
+        self,
+        engine: RoomEngine,
+        client: FederationClient,
+        *,
+        fanout: int = DEFAULT_FANOUT,
+        knowledge: PeerKnowledge | None = None,
+        backoff_initial: float = 2.0,
+        backoff_max: float = 600.0,
+        clock: Callable[[], int] = _now_ms,
+    ) -> None:
+        if fanout < 1:
+            raise ValueError("fanout must be at least 1")
+        self.engine = engine
+        self.store = engine.store
+        self.client = client
+        self.fanout = fanout
+        self.knowledge = knowledge or PeerKnowledge()
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.clock = clock
+        self.server_name = engine.server_name
+        # Unique across restarts: the start time, then a counter.
+        self._txn_ids = (f"{clock()}.{n}" for n in itertools.count(1))
+        self._workers: set[str] = set()
+        self._txn_of: dict[str, tuple[int, str]] = {}  # destination -> (batch position, txn ID)
+        self._backoff: dict[str, _Backoff] = {}
+        self._wakeup = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        # Counters for tests and benchmarks.
+        self.transactions_sent = 0
+        self.pdus_sent = 0
+        self.pdus_skipped = 0
+
+    # -- what others call --------------------------------------------------------------
+
+    def wake(self) -> None:
+        """There may be new items in the queue."""
+        self._wakeup.set()
+
+    def relay(
+        self, event: Event, *, received_from: str | None, for_origin: bool = False
+    ) -> list[str]:
+        """Queue a stored event for our push targets; return them.
+
+        For our own events not queued by the engine (a join made through
+        send_join) pass ``received_from=None``.
+        """
+        targets = [
+            t
+            for t in push_targets(
+                event,
+                self.server_name,
+                room_servers(self.store, event.room_id),
+                self.fanout,
+                received_from=received_from,
+                for_origin=for_origin,
+            )
+            if not self.knowledge.has_all(t, event.room_id, [event.event_id])
+        ]
+        meta = self.store.event_meta(event.event_id)
+        if targets and meta is not None:
+            with self.store.transaction():
+                self.store.outbound.enqueue_pdu(targets, meta.nid)
+            self.wake()
+        return targets
+
+    def send_edu(self, destination: str, edu_type: str, content: Mapping[str, Any]) -> None:
+        """Queue an EDU (they go to the one destination; they are never relayed)."""
+        self.store.outbound.enqueue_edu(
+            destination, {"edu_type": edu_type, "content": dict(content)}
+        )
+        self.wake()
+
+    def peer_connected(self, server_name: str) -> None:
+        """The peer is back: retry it now, with its backoff reset."""
+        backoff = self._backoff.pop(server_name, None)
+        if backoff is not None:
+            backoff.reset.set()
+        self.wake()
+
+    def backing_off(self) -> dict[str, float]:
+        """Destinations in backoff, and until when (trio time)."""
+        return {d: b.until for d, b in self._backoff.items() if b.failures}
+
+    # -- running ------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            try:
+                while True:
+                    self._wakeup = trio.Event()
+                    for destination in self.store.outbound.destinations():
+                        if destination not in self._workers:
+                            self._workers.add(destination)
+                            nursery.start_soon(self._worker, destination)
+                    with trio.move_on_after(RESCAN_INTERVAL):
+                        await self._wakeup.wait()
+            finally:
+                self._nursery = None
+
+    async def _worker(self, destination: str) -> None:
+        try:
+            while True:
+                await self._wait_out_backoff(destination)
+                batch = self.store.outbound.peek(destination)
+                if batch is None:
+                    return  # no await since peek: a later enqueue wakes a new worker
+                pdus = self._wanted(destination, batch.pdus)
+                self.pdus_skipped += len(batch.pdus) - len(pdus)
+                if (pdus or batch.edus) and not await self._send(
+                    destination, batch.last_position, pdus, batch.edus
+                ):
+                    continue  # backing off; the batch stays queued
+                self.store.outbound.ack(destination, batch.last_position)
+        finally:
+            self._workers.discard(destination)
+
+    async def _wait_out_backoff(self, destination: str) -> None:
+        backoff = self._backoff.get(destination)
+        if backoff is not None and backoff.until > trio.current_time():
+            with trio.move_on_at(backoff.until):
+                await backoff.reset.wait()
+
+    async def _send(
+        self,
+        destination: str,
+        position: int,
+        pdus: list[dict[str, Any]],
+        edus: list[dict[str, Any]],
+    ) -> bool:
+        """One transaction; True when the batch is done with (delivered or dropped)."""
+        # A retry of the same batch keeps its transaction ID (the spec's
+        # idempotency); a changed batch gets a new one.
+        pending = self._txn_of.get(destination)
+        if pending is None or pending[0] != position:
+            pending = self._txn_of[destination] = (position, next(self._txn_ids))
+        try:
+            await self.client.send_transaction(
+                destination,
+                pending[1],
+                origin=self.server_name,
+                origin_server_ts=self.clock(),
+                pdus=pdus,
+                edus=edus,
+            )
+        except FederationError as exc:
+            if not exc.transient:
+                logger.warning(
+                    "%s refused a transaction of %d PDUs, %d EDUs for good; dropping it: %s",
+                    destination[:8],
+                    len(pdus),
+                    len(edus),
+                    exc,
+                )
+                return True
+            self._failed(destination, exc)
+            return False
+        self._txn_of.pop(destination, None)
+        self._succeeded(destination)
+        self.transactions_sent += 1
+        self.pdus_sent += len(pdus)
+        by_room: dict[str, list[str]] = {}
+        for pdu in pdus:
+            event = self._event(pdu)
+            if event is not None:
+                by_room.setdefault(event.room_id, []).append(event.event_id)
+        for room_id, event_ids in by_room.items():
+            self.knowledge.record(destination, room_id, event_ids)
+        logger.debug("sent %d PDUs, %d EDUs to %s", len(pdus), len(edus), destination[:8])
+        return True
+
+    def _failed(self, destination: str, exc: FederationError) -> None:
+        backoff = self._backoff.setdefault(destination, _Backoff())
+        if exc.retry_after_ms is not None:
+            delay = exc.retry_after_ms / 1000
+        else:
+            backoff.failures += 1
+            delay = min(self.backoff_initial * 2 ** (backoff.failures - 1), self.backoff_max)
+        backoff.until = trio.current_time() + delay
+        level = logging.INFO if backoff.failures <= 1 else logging.DEBUG
+        logger.log(
+            level, "cannot deliver to %s (%s); retrying in %.0fs", destination[:8], exc, delay
+        )
+
+    def _succeeded(self, destination: str) -> None:
+        backoff = self._backoff.pop(destination, None)
+        if backoff is not None and backoff.failures:
+            logger.info("delivering to %s again", destination[:8])
+
+    # -- choosing what to send ------------------------------------------------------------
+
+    def _event(self, pdu: Mapping[str, Any]) -> Event | None:
+        # Our own store's PDUs: the format was checked when they were stored.
+        version = pdu_room_version(self.store, pdu)
+        return Event(pdu, version) if version is not None else None
+
+    def _wanted(self, destination: str, pdus: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The PDUs of a batch that ``destination`` should get from us."""
+        servers: dict[str, set[str]] = {}
+        wanted = []
+        for pdu in pdus:
+            event = self._event(pdu)
+            if event is None:
+                continue
+            if event.origin != self.server_name:
+                wanted.append(pdu)  # a relay: its targets were chosen when queued
+                continue
+            room = servers.get(event.room_id)
+            if room is None:
+                room = servers[event.room_id] = room_servers(self.store, event.room_id)
+            if destination in push_targets(event, self.server_name, room, self.fanout):
+                wanted.append(pdu)
+        return wanted
+
+    def targets_for(self, events: Iterable[Event]) -> dict[str, list[str]]:
+        """Our push targets per event (for tests and the docs' figures)."""
+        return {
+            e.event_id: push_targets(
+                e, self.server_name, room_servers(self.store, e.room_id), self.fanout
+            )
+            for e in events
+        }

@@ -1,0 +1,376 @@
+"""Pull catch-up: servers that share a room compare forward extremities and fetch what they lack.
+
+Pushes (:mod:`p2pserver.federation.fanout`) miss servers: a parent in an
+event's tree is offline, two members cannot reach each other, a node was
+off while the room moved on. Pulling repairs all of these, because events
+are self-authenticating: any member holding an event may serve it, and the
+receiver checks it like any PDU.
+
+The ``room_heads`` exchange (a p2p method; request and response are both
+``{"rooms": {room_id: [event_id, ...]}}``, at most 20 forward extremities,
+deepest first, per room):
+
+- The requester lists its forward extremities for rooms it believes the
+  responder is joined to. The responder answers with its own, only for
+  rooms where the requester has a user joined or invited in its current
+  state (heads of other rooms are not revealed).
+- Each side then fetches the heads it does not hold from the other (below).
+  So one request lets both catch up.
+
+When exchanges happen:
+
+1. When a peer connects (a :class:`~p2pserver.transport.network.PeerEvent`):
+   with that peer, for every room we share with it.
+2. After our forward extremities change (debounced by ``announce_delay``):
+   with up to ``fanout`` connected servers of the room that may lack our
+   heads (:class:`~p2pserver.federation.knowledge.PeerKnowledge` says who
+   has them already; pushes that succeeded count). This carries an event to
+   a member its origin cannot reach: whoever accepts it announces it to
+   the members it is connected to, and they pull it.
+3. Every ``sync_interval`` seconds: per room, with up to ``fanout``
+   servers of the room, connected ones first, others dialled (skipping
+   those the sender is backing off from), chosen anew each round. This
+   heals partitions with no other trigger.
+
+Catching up from a peer (``catch_up``) follows the spec's
+``/get_missing_events`` walk: fetch each missing head (``event``), then ask
+for the events before the oldest ones whose prev events we still lack,
+with our forward extremities as ``earliest_events``, 100 at a time, until
+no prev event is missing or ``max_catchup_events`` are held. Then the room
+engine receives them oldest first (by depth), so each one's prev events are
+present and it is checked as any received PDU, in full. A gap larger than
+the limit is left to the engine, which takes the state at the gap from the
+peer as the spec allows. One catch-up per room runs at a time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+if TYPE_CHECKING:
+    from trio_typing import TaskStatus  # trio's own is hidden by these stubs
+
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.engine.notifier import RoomUpdate
+from p2pserver.federation import protocol as p
+from p2pserver.federation.client import FederationClient, FederationError
+from p2pserver.federation.fanout import DEFAULT_FANOUT
+from p2pserver.federation.knowledge import PeerKnowledge
+from p2pserver.federation.view import (
+    has_dag,
+    held_in_dag,
+    room_servers,
+    server_in_room,
+    shared_rooms,
+)
+from p2pserver.rooms.auth import create_event_id_for_room
+from p2pserver.rooms.errors import MatrixError
+from p2pserver.rooms.events import Event
+from p2pserver.rooms.validation import parse_pdu
+from p2pserver.transport.network import Network
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SYNC_INTERVAL = 60.0
+DEFAULT_ANNOUNCE_DELAY = 0.5
+DEFAULT_MAX_CATCHUP_EVENTS = 5000
+MAX_CONCURRENT_EXCHANGES = 8
+
+
+def _rank(*parts: object) -> bytes:
+    return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
+
+
+class RoomSync:
+    def __init__(
+        self,
+        engine: RoomEngine,
+        client: FederationClient,
+        network: Network,
+        *,
+        knowledge: PeerKnowledge | None = None,
+        fanout: int = DEFAULT_FANOUT,
+        sync_interval: float = DEFAULT_SYNC_INTERVAL,
+        announce_delay: float = DEFAULT_ANNOUNCE_DELAY,
+        max_catchup_events: int = DEFAULT_MAX_CATCHUP_EVENTS,
+        backing_off: Callable[[], Collection[str]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.client = client
+        self.network = network
+        self.knowledge = knowledge or PeerKnowledge()
+        self.fanout = fanout
+        self.sync_interval = sync_interval
+        self.announce_delay = announce_delay
+        self.max_catchup_events = max_catchup_events
+        self.server_name = engine.server_name
+        self._backing_off = backing_off
+        self._dirty: set[str] = set()
+        self._announce = trio.Event()
+        self._room_locks: dict[str, trio.Lock] = {}
+        self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_EXCHANGES)
+        self._nursery: trio.Nursery | None = None
+        self._round = 0
+        # Counters for tests and benchmarks.
+        self.exchanges = 0
+        self.events_pulled = 0
+
+    # -- triggers ------------------------------------------------------------------------
+
+    def on_room_update(self, update: RoomUpdate) -> None:
+        """Notifier listener: our forward extremities may have moved."""
+        if update.event is not None:
+            self._dirty.add(update.room_id)
+            self._announce.set()
+
+    def peer_connected(self, server_name: str) -> None:
+        rooms = shared_rooms(self.store, server_name)
+        if rooms and self._nursery is not None:
+            self._nursery.start_soon(self.exchange, server_name, rooms)
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._announcer)
+            nursery.start_soon(self._periodic)
+            task_status.started()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._nursery = None
+
+    async def _announcer(self) -> None:
+        while True:
+            await self._announce.wait()
+            await trio.sleep(self.announce_delay)  # let pushes land first; batch bursts
+            self._announce = trio.Event()
+            rooms, self._dirty = self._dirty, set()
+            connected = self.network.connected_peers()
+            plan: dict[str, list[str]] = {}
+            for room_id in rooms:
+                heads = self._heads(room_id)
+                candidates = [
+                    s
+                    for s in room_servers(self.store, room_id)
+                    if s in connected
+                    and s != self.server_name
+                    and not self.knowledge.has_all(s, room_id, heads)
+                ]
+                candidates.sort(key=lambda s: _rank(room_id, heads[:1], s))
+                for server in candidates[: self.fanout]:
+                    plan.setdefault(server, []).append(room_id)
+            self._start_exchanges(plan)
+
+    async def _periodic(self) -> None:
+        while True:
+            await trio.sleep(self.sync_interval)
+            self.sync_round()
+
+    def sync_round(self) -> dict[str, list[str]]:
+        """Start one periodic round of exchanges; return the plan (peer -> rooms)."""
+        self._round += 1
+        connected = self.network.connected_peers()
+        avoid = set(self._backing_off()) if self._backing_off is not None else set()
+        plan: dict[str, list[str]] = {}
+        for room_id in self.store.room_ids():
+            if not has_dag(self.store, room_id):
+                continue
+            others = [
+                s
+                for s in room_servers(self.store, room_id)
+                if s != self.server_name and (s in connected or s not in avoid)
+            ]
+            others.sort(key=lambda s: (s not in connected, _rank(self._round, room_id, s)))
+            for server in others[: self.fanout]:
+                plan.setdefault(server, []).append(room_id)
+        self._start_exchanges(plan)
+        return plan
+
+    def _start_exchanges(self, plan: Mapping[str, list[str]]) -> None:
+        if self._nursery is None:
+            return
+        for server, rooms in plan.items():
+            self._nursery.start_soon(self.exchange, server, rooms)
+
+    # -- the exchange ---------------------------------------------------------------------
+
+    def _heads(self, room_id: str) -> list[str]:
+        return self.store.forward_extremities(room_id)[: p.MAX_HEADS_PER_ROOM]
+
+    async def exchange(self, peer: str, room_ids: Iterable[str]) -> int:
+        """Send ``peer`` our heads for ``room_ids``; fetch theirs we lack. Returns events pulled."""
+        rooms = {r: self._heads(r) for r in list(room_ids)[: p.MAX_HEADS_ROOMS]}
+        rooms = {r: h for r, h in rooms.items() if h}
+        if not rooms:
+            return 0
+        async with self._limiter:
+            try:
+                theirs = await self.client.room_heads(peer, rooms)
+            except FederationError as exc:
+                logger.debug("room_heads with %s failed: %s", peer[:8], exc)
+                return 0
+        self.exchanges += 1
+        pulled = 0
+        for room_id, heads in theirs.items():
+            if room_id not in rooms:
+                continue
+            self.knowledge.record(peer, room_id, heads)
+            pulled += await self.catch_up(peer, room_id, heads)
+        return pulled
+
+    async def handle_room_heads(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """The server side of ``room_heads``."""
+        rooms = p.Params(body).mapping("rooms")
+        if len(rooms) > p.MAX_HEADS_ROOMS:
+            raise p.TooLarge(f"more than {p.MAX_HEADS_ROOMS} rooms")
+        checked: dict[str, list[str]] = {}
+        for room_id, heads in rooms.items():
+            checked[room_id] = p.Params({"heads": heads}).event_ids(
+                "heads", limit=p.MAX_HEADS_PER_ROOM
+            )
+        answer: dict[str, list[str]] = {}
+        for room_id, heads in checked.items():
+            if not has_dag(self.store, room_id) or not server_in_room(self.store, room_id, origin):
+                continue
+            answer[room_id] = self._heads(room_id)
+            self.knowledge.record(origin, room_id, heads)
+            if self._nursery is not None and any(not held_in_dag(self.store, h) for h in heads):
+                self._nursery.start_soon(self.catch_up, origin, room_id, heads)
+        return {"rooms": answer}
+
+    # -- catching up ----------------------------------------------------------------------
+
+    async def prepare(self, peer: str, pdu: object) -> None:
+        """Before the engine receives ``pdu`` from ``peer``: fetch what comes before it.
+
+        If the room is unknown, its create event first (the room's version
+        and identity). Then, if any prev event is missing, the whole gap
+        (up to ``max_catchup_events``) by :meth:`catch_up`, oldest first, so
+        the engine places ``pdu`` on known state instead of taking the state
+        at a gap from the peer (which happens only beyond the limit).
+        """
+        if not isinstance(pdu, Mapping):
+            return
+        room_id = pdu.get("room_id")
+        prevs = pdu.get("prev_events")
+        if not isinstance(room_id, str) or not isinstance(prevs, list):
+            return  # a v12 create event, or malformed: the engine decides
+        if self.store.room(room_id) is None and not await self._learn_room(peer, room_id, pdu):
+            return
+        missing = [e for e in prevs[: p.MAX_EVENT_IDS] if isinstance(e, str)]
+        missing = [e for e in missing if not held_in_dag(self.store, e)]
+        if missing:
+            await self.catch_up(peer, room_id, missing)
+
+    async def _learn_room(self, peer: str, room_id: str, pdu: Mapping[str, Any]) -> bool:
+        """Store the room's create event, fetched from ``peer``.
+
+        In v12 the room ID names the create event; before, it is among the
+        event's auth events.
+        """
+        candidates = [create_event_id_for_room(room_id)] if ":" not in room_id else []
+        auth_events = pdu.get("auth_events")
+        if isinstance(auth_events, list):
+            candidates += [a for a in auth_events[:10] if isinstance(a, str)]
+        for candidate in candidates:
+            try:
+                create = await self.client.get_event(peer, candidate)
+            except FederationError:
+                continue
+            if (
+                not isinstance(create, Mapping)
+                or create.get("type") != "m.room.create"
+                or create.get("state_key") != ""
+                or create.get("room_id", room_id) != room_id
+            ):
+                continue
+            result = await self.engine.receive_pdu(peer, create)
+            if result.event_id == candidate and self.store.room(room_id) is not None:
+                return True
+        logger.info("cannot learn room %s from %s", room_id, peer[:8])
+        return False
+
+    async def catch_up(self, peer: str, room_id: str, heads: Iterable[str]) -> int:
+        """Fetch the events before ``heads`` that we lack from ``peer``; return how many we accepted."""
+        lock = self._room_locks.setdefault(room_id, trio.Lock())
+        async with lock, self._limiter:
+            wanted = [h for h in heads if not held_in_dag(self.store, h)]
+            version = self.store.room_version(room_id)
+            if not wanted or version is None:
+                return 0
+            collected = await self._collect(peer, room_id, wanted)
+            accepted = 0
+            for event in sorted(collected.values(), key=lambda e: (e.depth, e.event_id)):
+                result = await self.engine.receive_pdu(peer, event.get_pdu_json())
+                if result.accepted:
+                    accepted += 1
+            self.events_pulled += accepted
+            self.knowledge.record(peer, room_id, wanted)
+            if collected:
+                logger.info(
+                    "pulled %d events of %s from %s (%d accepted)",
+                    len(collected),
+                    room_id,
+                    peer[:8],
+                    accepted,
+                )
+            return accepted
+
+    async def _collect(self, peer: str, room_id: str, wanted: list[str]) -> dict[str, Event]:
+        """The missing heads and the events before them that we lack, from ``peer``."""
+        collected: dict[str, Event] = {}
+
+        def take(pdu: object, expected_id: str | None = None) -> str | None:
+            version = self.store.room_version(room_id)
+            if version is None:
+                return None
+            try:
+                event = parse_pdu(pdu, version)
+            except MatrixError:
+                return None
+            if event.room_id != room_id or (expected_id and event.event_id != expected_id):
+                return None
+            if event.event_id in collected or held_in_dag(self.store, event.event_id):
+                return None
+            collected[event.event_id] = event
+            return event.event_id
+
+        for head in wanted:
+            try:
+                take(await self.client.get_event(peer, head), head)
+            except FederationError as exc:
+                logger.debug("cannot fetch %s from %s: %s", head, peer[:8], exc)
+        frontier = list(collected)
+        while frontier and len(collected) < self.max_catchup_events:
+            gaps = [
+                e
+                for e in frontier
+                if any(
+                    prev not in collected and not held_in_dag(self.store, prev)
+                    for prev in collected[e].prev_event_ids
+                )
+            ]
+            if not gaps:
+                break
+            try:
+                pdus = await self.client.get_missing_events(
+                    peer,
+                    room_id,
+                    earliest_events=self.store.forward_extremities(room_id)[: p.MAX_EVENT_IDS],
+                    latest_events=gaps[: p.MAX_EVENT_IDS],
+                    limit=p.MAX_EVENTS_PER_ANSWER,
+                    min_depth=0,
+                )
+            except FederationError as exc:
+                logger.debug("get_missing_events from %s failed: %s", peer[:8], exc)
+                break
+            frontier = [i for i in (take(pdu) for pdu in pdus[: p.MAX_EVENTS_PER_ANSWER]) if i]
+        return collected

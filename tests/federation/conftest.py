@@ -1,0 +1,128 @@
+"""Nodes on a MemoryHub, each a room engine with its Federation, under trio's MockClock.
+
+Tests are plain functions that call :func:`run` (MockClock with autojump:
+timers such as backoff and the periodic pull cost no real time).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.federation import Federation, FederationConfig, build_federation
+from p2pserver.rooms.signing import SigningKey
+from p2pserver.storage.store import Store
+from p2pserver.transport.memory import MemoryHub, MemoryNetwork
+
+CONFIG = FederationConfig(fanout=4, sync_interval=30.0, announce_delay=0.2, backoff_initial=1.0)
+
+
+def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Run ``fn`` under a MockClock that jumps whenever every task waits."""
+    return trio.run(functools.partial(fn, *args), clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+class Node:
+    """One server: a MemoryNetwork and a Federation that can be stopped and restarted."""
+
+    def __init__(
+        self,
+        hub: MemoryHub,
+        *,
+        config: FederationConfig = CONFIG,
+        store_path: Path | None = None,
+    ) -> None:
+        self.key = SigningKey.generate()
+        self.server_name = self.key.server_name
+        self.net: MemoryNetwork = hub.network(self.server_name)
+        self.config = config
+        self.store_path = store_path
+        self.store = Store.open(store_path)
+        self.fed: Federation = build_federation(self.store, self.key, self.net, config)
+        self._scope: trio.CancelScope | None = None
+
+    @property
+    def engine(self) -> RoomEngine:
+        return self.fed.engine
+
+    def user(self, name: str) -> str:
+        return f"@{name}:{self.server_name}"
+
+    @property
+    def running(self) -> bool:
+        return self._scope is not None
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self._scope = await nursery.start(self._run)
+
+    async def _run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            async with self.net.running(), trio.open_nursery() as nursery:
+                await nursery.start(self.fed.run)
+                task_status.started(scope)
+                await trio.sleep_forever()
+
+    def stop(self) -> None:
+        """Stop the node, as a crash would: nothing is flushed but what was committed."""
+        assert self._scope is not None
+        self._scope.cancel()
+        self._scope = None
+
+    def restart_objects(self) -> None:
+        """A new engine and Federation over the same store file and network (a restarted process)."""
+        assert self._scope is None
+        if self.store_path is not None:
+            self.store.close()
+            self.store = Store.open(self.store_path)
+        self.fed = build_federation(self.store, self.key, self.net, self.config)
+
+    def has(self, event_id: str) -> bool:
+        meta = self.store.event_meta(event_id)
+        return meta is not None and meta.status == "accepted"
+
+
+def cluster(count: int, *, latency: float = 0.005, **kwargs: Any) -> tuple[MemoryHub, list[Node]]:
+    """``count`` nodes that know each other's addresses (links all up)."""
+    hub = MemoryHub(latency=latency)
+    nodes = [Node(hub, **kwargs) for _ in range(count)]
+    for node in nodes:
+        for other in nodes:
+            if other is not node:
+                node.net.add_peer_address(other.server_name, [f"/memory/{other.server_name}"])
+    return hub, nodes
+
+
+async def start_all(nursery: trio.Nursery, nodes: list[Node]) -> None:
+    for node in nodes:
+        await node.start(nursery)
+
+
+async def wait_until(predicate: Callable[[], bool], *, timeout: float = 120.0, step: float = 0.05) -> None:
+    """Wait (in trio time) until ``predicate()`` holds; fail after ``timeout``."""
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(step)
+
+
+async def shared_room(nodes: list[Node], *, preset: str = "public_chat") -> str:
+    """A room created by nodes[0]'s user; every other node's user invited and joined."""
+    creator = nodes[0]
+    room_id = await creator.engine.create_room(creator.user("u0"), {"preset": preset})
+    for i, node in enumerate(nodes[1:], 1):
+        invite = await creator.fed.invite(room_id, creator.user("u0"), node.user(f"u{i}"))
+        await wait_until(lambda n=node, e=invite: n.has(e))
+        await node.fed.join(room_id, node.user(f"u{i}"))
+    everyone = {n.server_name for n in nodes}
+    await wait_until(lambda: all(n.store.joined_servers(room_id) == everyone for n in nodes))
+    return room_id
+
+
+def same_heads(nodes: list[Node], room_id: str) -> bool:
+    heads = [set(n.store.forward_extremities(room_id)) for n in nodes]
+    return all(h == heads[0] for h in heads)
