@@ -322,7 +322,7 @@ class SyncGatherer:
             typing=typing,
             receipts=receipts,
             account_data=room_data,
-            unread=self._unread(room_id, current),
+            unread=self._unread(room_id, current, member.stream_ordering or 0),
             summary=self._summary(room_id, current),
         )
 
@@ -365,10 +365,12 @@ class SyncGatherer:
             "m.invited_member_count": len(invited),
         }
 
-    def _unread(self, room_id: str, current: Mapping[Any, str]) -> tuple[int, int]:
-        """Counts over the events after the user's latest read receipt (or all, capped)."""
+    def _unread(
+        self, room_id: str, current: Mapping[Any, str], joined_at: int
+    ) -> tuple[int, int]:
+        """Counts over the events after the user's read receipt, or join (at most UNREAD_SCAN)."""
         accounts = self.api.accounts
-        read_after = 0
+        read_after = joined_at
         for receipt in accounts.receipts(room_id):
             if receipt.user_id == self.user_id and receipt.receipt_type in (
                 "m.read",
