@@ -25,7 +25,9 @@ CONFIG = FederationConfig(fanout=4, sync_interval=30.0, announce_delay=0.2, back
 
 def run(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     """Run ``fn`` under a MockClock that jumps whenever every task waits."""
-    return trio.run(functools.partial(fn, *args), clock=trio.testing.MockClock(autojump_threshold=0))
+    return trio.run(
+        functools.partial(fn, *args), clock=trio.testing.MockClock(autojump_threshold=0)
+    )
 
 
 class Node:
@@ -103,7 +105,9 @@ async def start_all(nursery: trio.Nursery, nodes: list[Node]) -> None:
         await node.start(nursery)
 
 
-async def wait_until(predicate: Callable[[], bool], *, timeout: float = 120.0, step: float = 0.05) -> None:
+async def wait_until(
+    predicate: Callable[[], bool], *, timeout: float = 120.0, step: float = 0.05
+) -> None:
     """Wait (in trio time) until ``predicate()`` holds; fail after ``timeout``."""
     with trio.fail_after(timeout):
         while not predicate():

@@ -82,7 +82,9 @@ def test_fan_out_per_event_per_node_is_bounded_and_every_server_gets_it():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, nodes)
             room_id = await shared_room(nodes)
-            event_id = await nodes[5].engine.send_message(room_id, nodes[5].user("u5"), {"body": "x"})
+            event_id = await nodes[5].engine.send_message(
+                room_id, nodes[5].user("u5"), {"body": "x"}
+            )
             await wait_until(lambda: all(n.has(event_id) for n in nodes), timeout=4)
             pushes = sent[event_id]
             assert all(len(d) <= fanout for d in pushes.values()), pushes
@@ -172,7 +174,9 @@ def test_node_that_was_offline_catches_up_through_another_member():
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
             c.stop()
-            sent = [await a.engine.send_message(room_id, a.user("u0"), {"n": i}) for i in range(120)]
+            sent = [
+                await a.engine.send_message(room_id, a.user("u0"), {"n": i}) for i in range(120)
+            ]
             await wait_until(lambda: b.has(sent[-1]))
             a.stop()  # the origin is gone; c must get everything from b
             c.restart_objects()
@@ -195,7 +199,9 @@ def test_queued_events_survive_a_restart_and_are_delivered(tmp_path):
             await start_all(nursery, [a, b])
             room_id = await shared_room([a, b])
             b.stop()
-            queued = [await a.engine.send_message(room_id, a.user("u0"), {"n": i}) for i in range(7)]
+            queued = [
+                await a.engine.send_message(room_id, a.user("u0"), {"n": i}) for i in range(7)
+            ]
             await trio.sleep(5)
             assert a.store.outbound.pending(b.server_name) == 7
             a.stop()  # a "crash": nothing but the committed queue survives
@@ -264,4 +270,3 @@ def test_remote_join_through_a_resident_server():
             nursery.cancel_scope.cancel()
 
     run(main)
-
