@@ -13,6 +13,8 @@ File format (every key optional)::
     allow_remote_clients = false
     mdns = true
     registration_open = true
+    fanout = 4             # servers a node pushes each event to (federation)
+    sync_interval = 60.0   # seconds between periodic pulls (federation)
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from p2pserver.storage.database import DATABASE_FILE_NAME
 
 CONFIG_FILE_NAME = "config.toml"
 
@@ -42,11 +46,15 @@ class NodeConfig:
     allow_remote_clients: bool = False
     mdns: bool = True
     registration_open: bool = True
+    # Federation: at most this many servers are pushed each event by a node.
+    fanout: int = 4
+    # Federation: seconds between periodic forward-extremity exchanges.
+    sync_interval: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def database_path(self) -> Path:
-        return self.data_dir / "node.db"
+        return self.data_dir / DATABASE_FILE_NAME
 
 
 _LIST_KEYS = {"listen", "bootstrap"}
@@ -58,6 +66,8 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "allow_remote_clients": bool,
     "mdns": bool,
     "registration_open": bool,
+    "fanout": int,
+    "sync_interval": (int, float),
 }
 
 
@@ -90,14 +100,20 @@ def _apply(config: NodeConfig, values: dict[str, Any], *, source: str) -> NodeCo
         expected = _TYPES[key]
         if isinstance(value, tuple):
             value = list(value)
-        if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{source}: {key} must be {getattr(expected, '__name__', expected)}")
+        numeric = expected is int or expected == (int, float)
+        if not isinstance(value, expected) or (numeric and isinstance(value, bool)):
+            name = "a number" if isinstance(expected, tuple) else expected.__name__
+            raise ConfigError(f"{source}: {key} must be {name}")
         if key in _LIST_KEYS:
-            if not all(isinstance(item, str) for item in value):
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
                 raise ConfigError(f"{source}: {key} must be a list of strings")
             value = tuple(value)
         if key == "p2p_port" and not 0 < value < 65536:
             raise ConfigError(f"{source}: p2p_port must be 1-65535")
+        if key == "fanout" and not 1 <= value <= 64:
+            raise ConfigError(f"{source}: fanout must be 1-64")
+        if key == "sync_interval" and not 0 < value <= 86400:
+            raise ConfigError(f"{source}: sync_interval must be a number of seconds, 0-86400")
         if key == "client_listen":
             parse_host_port(value)
         changes[key] = value

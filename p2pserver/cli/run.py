@@ -1,0 +1,99 @@
+"""`p2pserver run`: start the node (engine, storage, libp2p, federation) on embedded defaults.
+
+Every option is optional. Settings come from the defaults, then
+``<data_dir>/config.toml`` (or ``--config FILE``), then these flags (see
+:mod:`p2pserver.node.config`). Logs go to stderr: what the node does at
+INFO, libp2p's own chatter only at ``--log-level debug``. The node runs
+until SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import trio
+
+from p2pserver.cli.keys import add_data_dir_option
+from p2pserver.identity import resolve_data_dir
+from p2pserver.node.config import ConfigError
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "run",
+        help="run the node",
+        description="Run the node: p2p networking, federation and storage, on embedded defaults.",
+    )
+    add_data_dir_option(parser)
+    parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
+    parser.add_argument("--p2p-port", metavar="PORT", type=int, help="TCP port for libp2p")
+    parser.add_argument(
+        "--listen",
+        metavar="MULTIADDR",
+        action="append",
+        default=[],
+        help="listen on /ip4/<ip>/tcp/<port> (repeatable; default: every interface)",
+    )
+    parser.add_argument(
+        "--bootstrap",
+        metavar="MULTIADDR",
+        action="append",
+        default=[],
+        help="a peer to connect to, /ip4/<ip>/tcp/<port>/p2p/<PeerID> (repeatable)",
+    )
+    parser.add_argument(
+        "--control-socket",
+        metavar="PATH",
+        help="serve the JSON Lines control interface (a test/dev tool) on this Unix socket",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: info)",
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    from p2pserver.node.node import node_from_options
+    from p2pserver.transport.libp2p_network import configure_libp2p_logging
+
+    configure_libp2p_logging()
+    try:
+        node = node_from_options(
+            resolve_data_dir(args.data_dir),
+            config_file=Path(args.config) if args.config else None,
+            p2p_port=args.p2p_port,
+            bootstrap=args.bootstrap,
+            listen=args.listen,
+            control_socket=Path(args.control_socket) if args.control_socket else None,
+        )
+    except ConfigError as exc:
+        print(f"p2pserver run: {exc}", file=sys.stderr)
+        return 2
+    try:
+        trio.run(_run_until_signalled, node)
+    except OSError as exc:
+        print(f"p2pserver run: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _run_until_signalled(node: object) -> None:
+    async with trio.open_nursery() as nursery:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            nursery.start_soon(node.run)  # type: ignore[attr-defined]
+            async for signum in signals:
+                logging.getLogger("p2pserver.node").info(
+                    "stopping on %s", signal.Signals(signum).name
+                )
+                nursery.cancel_scope.cancel()
+                break
