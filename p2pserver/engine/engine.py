@@ -700,7 +700,10 @@ class RoomEngine:
             with self.store.transaction():
                 before = _EMPTY_STATE
                 for event in created.events:
-                    status, reason = self._check_auth(event, before)
+                    try:
+                        status, reason = self._check_auth(event, before)
+                    except _Dropped as exc:
+                        raise MatrixError(exc.reason) from None
                     if status != EventStatus.ACCEPTED:
                         raise AuthError(f"createRoom event {event.type} refused: {reason}")
                     meta, event_updates = self._persist(

@@ -41,7 +41,7 @@ from p2pserver.storage.database import Database, chunks, placeholders
 
 
 class AuthChains:
-    def __init__(self, db: Database, *, cache_size: int = 200_000) -> None:
+    def __init__(self, db: Database, *, cache_size: int = 100_000) -> None:
         self.db = db
         self._edges: LruCache[int, tuple[int, ...]] = LruCache(cache_size)
 

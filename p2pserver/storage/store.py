@@ -126,8 +126,8 @@ class Store:
         self.auth_chains = AuthChains(db)
         self.outbound = OutboundQueue(db)
         self._rooms: dict[str, RoomRecord] = {}
-        self._meta: LruCache[str, EventMeta] = LruCache(100_000)
-        self._events: LruCache[str, Event] = LruCache(20_000)
+        self._meta: LruCache[str, EventMeta] = LruCache(50_000)
+        self._events: LruCache[str, Event] = LruCache(10_000)
         self._stream: int | None = None
         self._extremities: dict[str, tuple[str, ...]] = {}
         db.on_rollback(self.clear_caches)
@@ -472,18 +472,22 @@ class Store:
         ]
 
     def _insert_prev_edges(self, nid: int, event: Event) -> None:
-        self.db.executemany(
-            "INSERT OR IGNORE INTO event_edges (event_nid, prev_event_id) VALUES (?, ?)",
-            [(nid, prev) for prev in event.prev_event_ids],
-        )
+        self._insert_pairs("event_edges (event_nid, prev_event_id)", nid, event.prev_event_ids)
 
     def _insert_auth_edges(self, nid: int, event: Event) -> None:
         # Only the listed auth events, as the spec's auth chain has it: in
         # v12 the create event is not listed, so it is in no auth chain.
-        self.db.executemany(
-            "INSERT OR IGNORE INTO event_auth (event_nid, auth_nid) VALUES (?, ?)",
-            [(nid, auth_nid) for auth_nid in self.event_nids(event.auth_event_ids).values()],
-        )
+        auth_nids = self.event_nids(event.auth_event_ids).values()
+        self._insert_pairs("event_auth (event_nid, auth_nid)", nid, list(auth_nids))
+
+    def _insert_pairs(self, table: str, nid: int, values: Sequence[object]) -> None:
+        """``(nid, value)`` rows in one statement (this is on the hot path)."""
+        if values:
+            rows = ", ".join(["(?, ?)"] * len(values))
+            self.db.execute(
+                f"INSERT OR IGNORE INTO {table} VALUES {rows}",
+                [x for value in values for x in (nid, value)],
+            )
 
     def _record_redaction(self, nid: int, event: Event) -> None:
         target = event.redacts
@@ -524,16 +528,24 @@ class Store:
         """Replace the room's forward extremities (inside a transaction)."""
         old = set(self.forward_extremities(room_id))
         new = set(event_ids)
-        nids = self.event_nids(old ^ new)
-        self.db.executemany(
-            "DELETE FROM forward_extremities WHERE room_id = ? AND event_nid = ?",
-            [(room_id, nids[e]) for e in old - new],
-        )
-        self.db.executemany(
-            "INSERT INTO forward_extremities (room_id, event_nid) VALUES (?, ?)",
-            [(room_id, nids[e]) for e in new - old],
-        )
-        metas = self.event_metas(new)
+        metas = self.event_metas(old | new)
+        removed, added = old - new, new - old
+        if len(removed) == 1 and len(added) == 1:
+            # The usual case, an event on top of the one extremity: one statement.
+            self.db.execute(
+                "UPDATE forward_extremities SET event_nid = ? WHERE room_id = ? AND event_nid = ?",
+                (metas[added.pop()].nid, room_id, metas[removed.pop()].nid),
+            )
+        for event_id in removed:
+            self.db.execute(
+                "DELETE FROM forward_extremities WHERE room_id = ? AND event_nid = ?",
+                (room_id, metas[event_id].nid),
+            )
+        for event_id in added:
+            self.db.execute(
+                "INSERT INTO forward_extremities (room_id, event_nid) VALUES (?, ?)",
+                (room_id, metas[event_id].nid),
+            )
         self._extremities[room_id] = tuple(
             sorted(new, key=lambda e: (metas[e].depth, metas[e].nid), reverse=True)
         )
