@@ -24,19 +24,30 @@ Pure code: the caller supplies the room facts (:class:`RoomFacts`).
 
 from __future__ import annotations
 
-import copy
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-__all__ = ["KINDS", "RoomFacts", "count_unread", "default_ruleset", "evaluate"]
+__all__ = [
+    "KINDS",
+    "RoomFacts",
+    "compile_ruleset",
+    "count_unread",
+    "default_ruleset",
+    "evaluate",
+]
 
 KINDS = ("override", "content", "room", "sender", "underride")
 
-_SOUND = {"set_tweak": "sound", "value": "default"}
-_HIGHLIGHT = {"set_tweak": "highlight"}
+
+def _sound(value: str = "default") -> dict[str, str]:
+    return {"set_tweak": "sound", "value": value}
+
+
+def _highlight() -> dict[str, str]:
+    return {"set_tweak": "highlight"}
 
 
 def _match(key: str, pattern: str) -> dict[str, str]:
@@ -68,7 +79,7 @@ def default_ruleset(user_id: str) -> dict[str, Any]:
                 _match("content.membership", "invite"),
                 _match("state_key", user_id),
             ],
-            ["notify", _SOUND],
+            ["notify", _sound()],
         ),
         _rule(".m.rule.member_event", [_match("type", "m.room.member")], []),
         _rule(
@@ -80,12 +91,12 @@ def default_ruleset(user_id: str) -> dict[str, Any]:
                     "value": user_id,
                 }
             ],
-            ["notify", _SOUND, _HIGHLIGHT],
+            ["notify", _sound(), _highlight()],
         ),
         _rule(
             ".m.rule.contains_display_name",
             [{"kind": "contains_display_name"}],
-            ["notify", _SOUND, _HIGHLIGHT],
+            ["notify", _sound(), _highlight()],
         ),
         _rule(
             ".m.rule.is_room_mention",
@@ -93,7 +104,7 @@ def default_ruleset(user_id: str) -> dict[str, Any]:
                 {"kind": "event_property_is", "key": "content.m\\.mentions.room", "value": True},
                 {"kind": "sender_notification_permission", "key": "room"},
             ],
-            ["notify", _HIGHLIGHT],
+            ["notify", _highlight()],
         ),
         _rule(
             ".m.rule.roomnotif",
@@ -101,12 +112,12 @@ def default_ruleset(user_id: str) -> dict[str, Any]:
                 {"kind": "sender_notification_permission", "key": "room"},
                 _match("content.body", "@room"),
             ],
-            ["notify", _HIGHLIGHT],
+            ["notify", _highlight()],
         ),
         _rule(
             ".m.rule.tombstone",
             [_match("type", "m.room.tombstone"), _match("state_key", "")],
-            ["notify", _HIGHLIGHT],
+            ["notify", _highlight()],
         ),
         _rule(".m.rule.reaction", [_match("type", "m.reaction")], []),
         _rule(
@@ -132,39 +143,38 @@ def default_ruleset(user_id: str) -> dict[str, Any]:
             "default": True,
             "enabled": True,
             "pattern": localpart,
-            "actions": ["notify", _SOUND, _HIGHLIGHT],
+            "actions": ["notify", _sound(), _highlight()],
         }
     ]
     underride = [
         _rule(
             ".m.rule.call",
             [_match("type", "m.call.invite")],
-            ["notify", {"set_tweak": "sound", "value": "ring"}],
+            ["notify", _sound("ring")],
         ),
         _rule(
             ".m.rule.encrypted_room_one_to_one",
             [{"kind": "room_member_count", "is": "2"}, _match("type", "m.room.encrypted")],
-            ["notify", _SOUND],
+            ["notify", _sound()],
         ),
         _rule(
             ".m.rule.room_one_to_one",
             [{"kind": "room_member_count", "is": "2"}, _match("type", "m.room.message")],
-            ["notify", _SOUND],
+            ["notify", _sound()],
         ),
         _rule(".m.rule.message", [_match("type", "m.room.message")], ["notify"]),
         _rule(".m.rule.encrypted", [_match("type", "m.room.encrypted")], ["notify"]),
     ]
-    return copy.deepcopy(
-        {
-            "global": {
-                "override": override,
-                "content": content,
-                "room": [],
-                "sender": [],
-                "underride": underride,
-            }
+    # Every dict above is built afresh, so callers may change the result.
+    return {
+        "global": {
+            "override": override,
+            "content": content,
+            "room": [],
+            "sender": [],
+            "underride": underride,
         }
-    )
+    }
 
 
 @dataclass(frozen=True)
@@ -174,9 +184,9 @@ class RoomFacts:
     user_id: str
     display_name: str | None
     member_count: int
-    # The sender's power level and the room's "notifications" levels.
-    sender_power: int
+    # The room's "notifications" levels, and a sender's power level.
     notification_levels: Mapping[str, int]
+    power_of: Callable[[str], int | float]
 
 
 @lru_cache(maxsize=512)
@@ -187,20 +197,32 @@ def _glob(pattern: str, words: bool) -> re.Pattern[str]:
     return re.compile(body, re.IGNORECASE | re.DOTALL)
 
 
-def _property(event: Mapping[str, Any], key: str) -> tuple[bool, Any]:
+@lru_cache(maxsize=512)
+def _path(key: str) -> tuple[str, ...]:
+    return tuple(
+        part.replace("\\.", ".").replace("\\\\", "\\") for part in re.split(r"(?<!\\)\.", key)
+    )
+
+
+_ABSENT = object()
+
+
+def _property(event: dict[str, Any], path: tuple[str, ...]) -> Any:
     value: Any = event
-    for part in re.split(r"(?<!\\)\.", key):
-        part = part.replace("\\.", ".").replace("\\\\", "\\")
-        if not isinstance(value, Mapping) or part not in value:
-            return False, None
+    for part in path:
+        if type(value) is not dict or part not in value:
+            return _ABSENT
         value = value[part]
-    return True, value
+    return value
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    # JSON equality: true is not 1.
+    return type(a) is type(b) and a == b
 
 
 def _member_count_holds(spec: Any, count: int) -> bool:
-    if not isinstance(spec, str):
-        return False
-    match = re.fullmatch(r"(==|<=|>=|<|>)?([0-9]+)", spec)
+    match = re.fullmatch(r"(==|<=|>=|<|>)?([0-9]+)", spec) if isinstance(spec, str) else None
     if match is None:
         return False
     op, number = match.group(1) or "==", int(match.group(2))
@@ -213,108 +235,139 @@ def _member_count_holds(spec: Any, count: int) -> bool:
     }[op]
 
 
-def _condition_holds(condition: Any, event: Mapping[str, Any], facts: RoomFacts) -> bool:
-    if not isinstance(condition, Mapping):
-        return False
+Predicate = Callable[[dict[str, Any], RoomFacts], bool]
+_BODY = ("content", "body")
+
+
+def _never(event: dict[str, Any], facts: RoomFacts) -> bool:
+    return False
+
+
+def _condition(condition: Any) -> Predicate:
+    """One condition as a predicate (unknown kinds never match, as the spec says)."""
+    if not isinstance(condition, dict):
+        return _never
     kind = condition.get("kind")
+    key = condition.get("key")
     if kind == "event_match":
-        key = condition.get("key")
         pattern = condition.get("pattern")
-        found, value = _property(event, str(key))
-        if not found or not isinstance(value, str) or not isinstance(pattern, str):
-            return False
-        # content.body matches at word boundaries; other keys whole-value.
-        words = key == "content.body"
+        if not isinstance(key, str) or not isinstance(pattern, str):
+            return _never
+        path = _path(key)
+        # content.body matches at word boundaries; other keys the whole value.
+        words = path == _BODY
         regex = _glob(pattern, words)
-        return (regex.search(value) if words else regex.fullmatch(value)) is not None
-    if kind == "event_property_is":
-        found, value = _property(event, str(condition.get("key", "")))
-        return found and _same_json(value, condition.get("value"))
-    if kind == "event_property_contains":
-        found, value = _property(event, str(condition.get("key", "")))
-        return (
-            found
-            and isinstance(value, list)
-            and any(_same_json(v, condition.get("value")) for v in value)
+        find = regex.search if words else regex.fullmatch
+
+        def event_match(event: dict[str, Any], facts: RoomFacts) -> bool:
+            value = _property(event, path)
+            return isinstance(value, str) and find(value) is not None
+
+        return event_match
+    if kind in ("event_property_is", "event_property_contains"):
+        if not isinstance(key, str):
+            return _never
+        path, wanted = _path(key), condition.get("value")
+        if kind == "event_property_is":
+            return lambda event, facts: _same_json(_property(event, path), wanted)
+        return lambda event, facts: (
+            isinstance(value := _property(event, path), list)
+            and any(_same_json(v, wanted) for v in value)
         )
     if kind == "contains_display_name":
-        found, body = _property(event, "content.body")
-        name = facts.display_name
-        return bool(found and isinstance(body, str) and name) and (
-            _glob(name or "", True).search(body) is not None
-        )
+
+        def display_name(event: dict[str, Any], facts: RoomFacts) -> bool:
+            body = _property(event, _BODY)
+            name = facts.display_name
+            return bool(isinstance(body, str) and name) and (
+                _glob(name or "", True).search(body) is not None
+            )
+
+        return display_name
     if kind == "room_member_count":
-        return _member_count_holds(condition.get("is"), facts.member_count)
+        spec = condition.get("is")
+        return lambda event, facts: _member_count_holds(spec, facts.member_count)
     if kind == "sender_notification_permission":
-        key = condition.get("key")
         if not isinstance(key, str):
-            return False
-        return facts.sender_power >= facts.notification_levels.get(key, 50)
-    return False  # unknown kinds never match (spec)
+            return _never
+        return lambda event, facts: (
+            facts.power_of(str(event.get("sender"))) >= facts.notification_levels.get(key, 50)
+        )
+    return _never
 
 
-def _same_json(a: Any, b: Any) -> bool:
-    # JSON equality: true is not 1.
-    return type(a) is type(b) and a == b
+@dataclass(frozen=True)
+class _Rule:
+    kind: str
+    rule_id: Any
+    conditions: tuple[Predicate, ...]
+    actions: list[Any]
 
 
-def evaluate(
-    ruleset: Mapping[str, Any], event: Mapping[str, Any], room_id: str, facts: RoomFacts
-) -> list[Any]:
-    """The actions of the first matching rule; [] if none matches."""
-    rules = ruleset.get("global", {}) if isinstance(ruleset, Mapping) else {}
+def compile_ruleset(ruleset: Any) -> list[_Rule]:
+    """The enabled rules in evaluation order (override, content, room, sender, underride)."""
+    rules = ruleset.get("global") if isinstance(ruleset, dict) else None
+    out: list[_Rule] = []
     for kind in KINDS:
-        for rule in rules.get(kind, ()) if isinstance(rules, Mapping) else ():
-            if not isinstance(rule, Mapping) or not rule.get("enabled", True):
+        listed = rules.get(kind) if isinstance(rules, dict) else None
+        for rule in listed if isinstance(listed, list) else ():
+            if not isinstance(rule, dict) or not rule.get("enabled", True):
                 continue
+            actions = rule.get("actions")
+            actions = list(actions) if isinstance(actions, list) else []
             if kind == "content":
                 pattern = rule.get("pattern")
-                found, body = _property(event, "content.body")
-                holds = (
-                    isinstance(pattern, str)
-                    and found
-                    and isinstance(body, str)
-                    and _glob(pattern, True).search(body) is not None
+                conditions: tuple[Predicate, ...] = (
+                    _condition({"kind": "event_match", "key": "content.body", "pattern": pattern}),
                 )
-            elif kind == "room":
-                holds = rule.get("rule_id") == room_id
-            elif kind == "sender":
-                holds = rule.get("rule_id") == event.get("sender")
+            elif kind in ("room", "sender"):
+                conditions = ()
             else:
-                conditions = rule.get("conditions", [])
-                holds = isinstance(conditions, list) and all(
-                    _condition_holds(c, event, facts) for c in conditions
-                )
-            if holds:
-                actions = rule.get("actions", [])
-                return list(actions) if isinstance(actions, list) else []
+                listed_conditions = rule.get("conditions", [])
+                if not isinstance(listed_conditions, list):
+                    continue
+                conditions = tuple(_condition(c) for c in listed_conditions)
+            out.append(_Rule(kind, rule.get("rule_id"), conditions, actions))
+    return out
+
+
+def _actions(
+    rules: Sequence[_Rule], event: dict[str, Any], room_id: str, facts: RoomFacts
+) -> list[Any]:
+    for rule in rules:
+        if rule.kind == "room":
+            holds = rule.rule_id == room_id
+        elif rule.kind == "sender":
+            holds = rule.rule_id == event.get("sender")
+        else:
+            holds = all(condition(event, facts) for condition in rule.conditions)
+        if holds:
+            return rule.actions
     return []
+
+
+def evaluate(ruleset: Any, event: dict[str, Any], room_id: str, facts: RoomFacts) -> list[Any]:
+    """The actions of the first matching rule; [] if none matches."""
+    return list(_actions(compile_ruleset(ruleset), event, room_id, facts))
 
 
 def _notifies(actions: Sequence[Any]) -> tuple[bool, bool]:
     notify = any(a in ("notify", "coalesce") for a in actions)
     highlight = any(
-        isinstance(a, Mapping)
-        and a.get("set_tweak") == "highlight"
-        and a.get("value", True) is True
+        isinstance(a, dict) and a.get("set_tweak") == "highlight" and a.get("value", True) is True
         for a in actions
     )
     return notify, notify and highlight
 
 
 def count_unread(
-    ruleset: Mapping[str, Any],
-    events: Sequence[Mapping[str, Any]],
-    room_id: str,
-    facts_for: Any,
+    ruleset: Any, events: Sequence[dict[str, Any]], room_id: str, facts: RoomFacts
 ) -> tuple[int, int]:
-    """(notification_count, highlight_count) over ``events`` (formatted, not the user's own).
-
-    ``facts_for(event)`` gives the :class:`RoomFacts` for one event.
-    """
+    """(notification_count, highlight_count) over ``events`` (not the user's own)."""
+    rules = compile_ruleset(ruleset)
     notifications = highlights = 0
     for event in events:
-        notify, highlight = _notifies(evaluate(ruleset, event, room_id, facts_for(event)))
+        notify, highlight = _notifies(_actions(rules, event, room_id, facts))
         notifications += notify
         highlights += highlight
     return notifications, highlights

@@ -92,6 +92,8 @@ class ClientAPI:
 
         self.uia = UiaSessions(clock)
         self.router = build_router()
+        # (user, room) -> (the inputs of its unread counts, the counts); see syncing.
+        self.unread_counts: dict[tuple[str, str], tuple[Any, tuple[int, int]]] = {}
         engine.notifier.add_listener(self._on_room_update)
 
     # -- shared helpers ----------------------------------------------------------

@@ -165,6 +165,7 @@ class SyncGatherer:
         self.filter = flt
         self.views = RoomViews(api)
         self.store = api.store
+        self._rules: Mapping[str, Any] | None = None
 
     def sync(self, since: StreamToken | None, *, full_state: bool) -> dict[str, Any]:
         api = self.api
@@ -354,6 +355,12 @@ class SyncGatherer:
         stripped: list[Event] = [events[i] for i in [*ids, member.event_id] if i in events]
         return RoomSync(room_id=member.room_id, membership=member.membership, stripped=stripped)
 
+    def _ruleset(self) -> Mapping[str, Any]:
+        if self._rules is None:
+            stored = self.api.accounts.account_data(self.user_id, None, "m.push_rules")
+            self._rules = stored if isinstance(stored, dict) else default_ruleset(self.user_id)
+        return self._rules
+
     def _summary(self, room_id: str, current: Mapping[Any, str]) -> dict[str, Any]:
         members = self.api.reads.members(room_id)
         joined = [u for u, m in members if m == "join"]
@@ -365,9 +372,7 @@ class SyncGatherer:
             "m.invited_member_count": len(invited),
         }
 
-    def _unread(
-        self, room_id: str, current: Mapping[Any, str], joined_at: int
-    ) -> tuple[int, int]:
+    def _unread(self, room_id: str, current: Mapping[Any, str], joined_at: int) -> tuple[int, int]:
         """Counts over the events after the user's read receipt, or join (at most UNREAD_SCAN)."""
         accounts = self.api.accounts
         read_after = joined_at
@@ -379,6 +384,25 @@ class SyncGatherer:
                 meta = self.store.event_meta(receipt.event_id)
                 if meta is not None and meta.stream_ordering is not None:
                     read_after = max(read_after, meta.stream_ordering)
+        profile = accounts.user(self.user_id)
+        display_name = profile.displayname if profile else None
+        # The counts depend only on these; an unchanged room answers from memory.
+        inputs = (
+            read_after,
+            self.api.reads.latest_stream(room_id),
+            accounts.account_data_position(self.user_id, None, "m.push_rules"),
+            display_name,
+        )
+        cached = self.api.unread_counts.get((self.user_id, room_id))
+        if cached is not None and cached[0] == inputs:
+            return cached[1]
+        counts = self._count_unread(room_id, current, read_after, display_name)
+        self.api.unread_counts[(self.user_id, room_id)] = (inputs, counts)
+        return counts
+
+    def _count_unread(
+        self, room_id: str, current: Mapping[Any, str], read_after: int, display_name: str | None
+    ) -> tuple[int, int]:
         rows = self.api.reads.room_events(
             room_id, after=read_after, before=2**62, limit=UNREAD_SCAN, newest_first=True
         )
@@ -391,9 +415,7 @@ class SyncGatherer:
         ]
         if not events:
             return 0, 0
-        ruleset = accounts.account_data(self.user_id, None, "m.push_rules") or default_ruleset(
-            self.user_id
-        )
+        ruleset = self._ruleset()
         keys = (("m.room.create", ""), ("m.room.power_levels", ""))
         loaded = self.store.load_events(current[k] for k in keys if k in current)
         auth_state = {k: loaded[current[k]] for k in keys if current.get(k) in loaded}
@@ -405,18 +427,13 @@ class SyncGatherer:
             else {}
         )
         member_count = sum(1 for _, m in self.api.reads.members(room_id) if m == "join")
-        profile = accounts.user(self.user_id)
-        display_name = profile.displayname if profile else None
 
-        def facts(event: Mapping[str, Any]) -> RoomFacts:
-            level = get_user_power_level(str(event.get("sender")), auth_state)
-            return RoomFacts(
-                user_id=self.user_id,
-                display_name=display_name,
-                member_count=member_count,
-                sender_power=level if isinstance(level, int) else 2**53,  # v12 creators: infinite
-                notification_levels=levels,
-            )
-
+        facts = RoomFacts(
+            user_id=self.user_id,
+            display_name=display_name,
+            member_count=member_count,
+            notification_levels=levels,
+            power_of=lambda sender: get_user_power_level(sender, auth_state),
+        )
         formatted = [e.get_pdu_json() | {"event_id": e.event_id} for e in events]
         return count_unread(ruleset, formatted, room_id, facts)

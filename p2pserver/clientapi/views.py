@@ -94,6 +94,7 @@ class RoomViews:
         metas = self.store.event_metas(ids)
         events = self.store.load_events(ids)
         txns = self.api.accounts.txn_ids_of(user_id, device_id, ids) if device_id else {}
+        redacted = self.api.reads.redaction_targets(ids)
         out: list[SyncEvent] = []
         for event_id in ids:
             event, meta = events.get(event_id), metas.get(event_id)
@@ -101,14 +102,28 @@ class RoomViews:
                 continue
             if check_visibility and not self.engine.may_user_see_event(user_id, event_id):
                 continue
-            out.append(self._view(event, meta, txns.get(event_id), prev_content=prev_content))
+            out.append(
+                self._view(
+                    event,
+                    meta,
+                    txns.get(event_id),
+                    prev_content=prev_content,
+                    maybe_redacted=event_id in redacted,
+                )
+            )
         return out
 
     def _view(
-        self, event: Event, meta: EventMeta, txn_id: str | None, *, prev_content: bool
+        self,
+        event: Event,
+        meta: EventMeta,
+        txn_id: str | None,
+        *,
+        prev_content: bool,
+        maybe_redacted: bool = True,
     ) -> SyncEvent:
         unsigned: dict[str, Any] = {}
-        served = self.engine.event_for_serving(event)
+        served = self.engine.event_for_serving(event) if maybe_redacted else event
         if served.redacted and not event.redacted:
             because = self._redaction_of(event)
             if because is not None:
@@ -135,11 +150,14 @@ class RoomViews:
         """A state map's events as served (no visibility check: state is shared)."""
         events = self.store.load_events(state.values())
         metas = self.store.event_metas(state.values())
+        redacted = self.api.reads.redaction_targets(state.values())
         out: dict[StateKey, SyncEvent] = {}
         for key, event_id in state.items():
             event, meta = events.get(event_id), metas.get(event_id)
             if event is not None and meta is not None:
-                out[key] = self._view(event, meta, None, prev_content=False)
+                out[key] = self._view(
+                    event, meta, None, prev_content=False, maybe_redacted=event_id in redacted
+                )
         return out
 
     def timeline(
@@ -160,9 +178,10 @@ class RoomViews:
         and whether more visible, filter-passing events lie beyond.
         """
         found: list[SyncEvent] = []
+        batch = limit + 1  # usually enough; filtered or hidden events widen later batches
         while True:
             rows = self.api.reads.room_events(
-                room_id, after=after, before=before, limit=_BATCH, newest_first=newest_first
+                room_id, after=after, before=before, limit=batch, newest_first=newest_first
             )
             if not rows:
                 return found, False
@@ -173,8 +192,9 @@ class RoomViews:
                 if len(found) == limit:
                     return found, True
                 found.append(item)
-            if len(rows) < _BATCH:
+            if len(rows) < batch:
                 return found, False
+            batch = _BATCH
             edge = rows[-1][1]
             if newest_first:
                 before = edge

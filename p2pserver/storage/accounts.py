@@ -397,6 +397,14 @@ class AccountStore:
         )
         return json.loads(row[0]) if row else None
 
+    def account_data_position(self, user_id: str, room_id: str | None, data_type: str) -> int:
+        """The stream position of one account data entry's last change (0 if unset)."""
+        row = self.db.query_one(
+            "SELECT stream FROM account_data WHERE user_id = ? AND room_id = ? AND type = ?",
+            (user_id, room_id or "", data_type),
+        )
+        return int(row[0]) if row else 0
+
     def account_data_since(
         self, user_id: str, since: int
     ) -> list[tuple[str | None, str, dict[str, Any]]]:
@@ -417,7 +425,9 @@ class AccountStore:
         )
         return row[0] if row else None
 
-    def record_txn(self, user_id: str, device_id: str, txn_id: str, event_id: str, now: int) -> None:
+    def record_txn(
+        self, user_id: str, device_id: str, txn_id: str, event_id: str, now: int
+    ) -> None:
         with self._write():
             self.db.execute(
                 """INSERT OR REPLACE INTO txn_ids (user_id, device_id, txn_id, event_id, ts)
@@ -472,7 +482,9 @@ class AccountStore:
     def receipt_rooms_since(self, since: int) -> set[str]:
         return {
             r[0]
-            for r in self.db.query("SELECT DISTINCT room_id FROM receipts WHERE stream > ?", (since,))
+            for r in self.db.query(
+                "SELECT DISTINCT room_id FROM receipts WHERE stream > ?", (since,)
+            )
         }
 
     # -- aliases and the room directory ----------------------------------------
@@ -544,7 +556,9 @@ class AccountStore:
     def forgotten_rooms(self, user_id: str) -> set[str]:
         return {
             r[0]
-            for r in self.db.query("SELECT room_id FROM forgotten_rooms WHERE user_id = ?", (user_id,))
+            for r in self.db.query(
+                "SELECT room_id FROM forgotten_rooms WHERE user_id = ?", (user_id,)
+            )
         }
 
 
@@ -600,6 +614,30 @@ class RoomReads:
             (room_id, position),
         )
         return row[0] if row else None
+
+    def redaction_targets(self, event_ids: Iterable[str]) -> set[str]:
+        """Those of ``event_ids`` that some accepted redaction targets."""
+        ids = list(event_ids)
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            marks = ",".join("?" * len(batch))
+            found.update(
+                r[0]
+                for r in self.db.query(
+                    f"SELECT DISTINCT redacts FROM redactions WHERE redacts IN ({marks})", batch
+                )
+            )
+        return found
+
+    def latest_stream(self, room_id: str) -> int:
+        """The stream position of the room's latest accepted event (0 if none)."""
+        row = self.db.query_one(
+            """SELECT MAX(stream_ordering) FROM events WHERE room_id = ?
+               AND status = 'accepted'""",
+            (room_id,),
+        )
+        return int(row[0]) if row and row[0] is not None else 0
 
     def members(self, room_id: str) -> list[tuple[str, str]]:
         """(user ID, membership) of every member in the room's current state."""

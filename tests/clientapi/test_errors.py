@@ -32,13 +32,17 @@ def test_malformed_json(node: Node, user: tuple[str, str, str]) -> None:
             assert (response.status_code, response.json()["errcode"]) == (400, "M_NOT_JSON"), body
         for body in (b"[]", b"42", b'"text"', b"null"):
             response = http.put(
-                f"{V3}/rooms/{room_id}/send/m.room.message/t{len(body)}", headers=auth(token), content=body
+                f"{V3}/rooms/{room_id}/send/m.room.message/t{len(body)}",
+                headers=auth(token),
+                content=body,
             )
             assert (response.status_code, response.json()["errcode"]) == (400, "M_BAD_JSON"), body
         wrong_type = http.post(f"{V3}/createRoom", headers=auth(token), json={"name": 5})
         assert (wrong_type.status_code, wrong_type.json()["errcode"]) == (400, "M_BAD_JSON")
         float_content = http.put(
-            f"{V3}/rooms/{room_id}/send/m.room.message/float", headers=auth(token), content=b'{"x": 1.5}'
+            f"{V3}/rooms/{room_id}/send/m.room.message/float",
+            headers=auth(token),
+            content=b'{"x": 1.5}',
         )
         assert (float_content.status_code, float_content.json()["errcode"]) == (400, "M_BAD_JSON")
 
@@ -46,9 +50,16 @@ def test_malformed_json(node: Node, user: tuple[str, str, str]) -> None:
 def test_unknown_endpoints_and_methods(node: Node, user: tuple[str, str, str]) -> None:
     _, token, _ = user
     with node.http() as http:
-        for path in ("/_matrix/client/v3/nope", "/_matrix/client/v9/sync", "/", "/_matrix/client/unstable/x"):
+        for path in (
+            "/_matrix/client/v3/nope",
+            "/_matrix/client/v9/sync",
+            "/",
+            "/_matrix/client/unstable/x",
+        ):
             response = http.get(path, headers=auth(token))
-            assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED"), path
+            assert (response.status_code, response.json()["errcode"]) == (404, "M_UNRECOGNIZED"), (
+                path
+            )
         wrong_method = http.delete(f"{V3}/sync", headers=auth(token))
         assert (wrong_method.status_code, wrong_method.json()["errcode"]) == (405, "M_UNRECOGNIZED")
 
@@ -69,7 +80,9 @@ def test_oversized_body_is_413(node: Node, user: tuple[str, str, str]) -> None:
     _, token, room_id = user
     big = b'{"body": "' + b"x" * (MAX_BODY_BYTES + 10) + b'"}'
     with node.http() as http:
-        response = http.put(f"{V3}/rooms/{room_id}/send/m.room.message/big", headers=auth(token), content=big)
+        response = http.put(
+            f"{V3}/rooms/{room_id}/send/m.room.message/big", headers=auth(token), content=big
+        )
         assert (response.status_code, response.json()["errcode"]) == (413, "M_TOO_LARGE")
 
         def chunks():  # no Content-Length: chunked transfer encoding
@@ -112,7 +125,10 @@ def test_rooms_that_do_not_exist_and_bad_ids(node: Node, user: tuple[str, str, s
         bad = http.post(f"{V3}/rooms/{room_id}/invite", headers=headers, json={"user_id": "nobody"})
         assert (bad.status_code, bad.json()["errcode"]) == (400, "M_INVALID_PARAM")
         version = http.post(f"{V3}/createRoom", headers=headers, json={"room_version": "1"})
-        assert (version.status_code, version.json()["errcode"]) == (400, "M_UNSUPPORTED_ROOM_VERSION")
+        assert (version.status_code, version.json()["errcode"]) == (
+            400,
+            "M_UNSUPPORTED_ROOM_VERSION",
+        )
         since = http.get(f"{V3}/sync", headers=headers, params={"since": "garbage"})
         assert (since.status_code, since.json()["errcode"]) == (400, "M_INVALID_PARAM")
         direction = http.get(f"{V3}/rooms/{room_id}/messages", headers=headers, params={"dir": "x"})
@@ -125,18 +141,59 @@ def test_rooms_that_do_not_exist_and_bad_ids(node: Node, user: tuple[str, str, s
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 # Keys the endpoints read, so the generated bodies reach their checks.
 FIELDS = [
-    "name", "topic", "invite", "preset", "visibility", "room_version", "initial_state",
-    "creation_content", "power_level_content_override", "room_alias_name", "is_direct",
-    "user_id", "reason", "typing", "timeout", "displayname", "avatar_url", "presence",
-    "status_msg", "room_id", "devices", "auth", "new_password", "m.fully_read", "m.read",
-    "thread_id", "search_term", "limit", "filter", "since", "server", "actions",
-    "conditions", "pattern", "enabled", "visibility", "identifier", "password", "type",
-    "username", "device_id", "display_name", "room", "event_fields", "membership", "body",
+    "name",
+    "topic",
+    "invite",
+    "preset",
+    "visibility",
+    "room_version",
+    "initial_state",
+    "creation_content",
+    "power_level_content_override",
+    "room_alias_name",
+    "is_direct",
+    "user_id",
+    "reason",
+    "typing",
+    "timeout",
+    "displayname",
+    "avatar_url",
+    "presence",
+    "status_msg",
+    "room_id",
+    "devices",
+    "auth",
+    "new_password",
+    "m.fully_read",
+    "m.read",
+    "thread_id",
+    "search_term",
+    "limit",
+    "filter",
+    "since",
+    "server",
+    "actions",
+    "conditions",
+    "pattern",
+    "enabled",
+    "visibility",
+    "identifier",
+    "password",
+    "type",
+    "username",
+    "device_id",
+    "display_name",
+    "room",
+    "event_fields",
+    "membership",
+    "body",
 ]
 bodies = st.dictionaries(st.sampled_from(FIELDS), json_values, max_size=5) | json_values
 ENDPOINTS = [
@@ -184,15 +241,25 @@ QUERIES = st.fixed_dictionaries(
     },
 )
 GETS = [
-    "/sync", "/rooms/{room}/messages", "/rooms/{room}/context/$x", "/rooms/{room}/members",
-    "/rooms/{room}/state", "/publicRooms", "/user/{user}/filter/{txn}", "/profile/{user}",
+    "/sync",
+    "/rooms/{room}/messages",
+    "/rooms/{room}/context/$x",
+    "/rooms/{room}/members",
+    "/rooms/{room}/state",
+    "/publicRooms",
+    "/user/{user}/filter/{txn}",
+    "/profile/{user}",
     "/rooms/{room}/state/m.room.create",
 ]
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(endpoint=st.sampled_from(ENDPOINTS), body=bodies, txn=st.integers(0, 10**6))
-def test_random_bodies_never_500(node: Node, user: tuple[str, str, str], endpoint, body, txn) -> None:
+def test_random_bodies_never_500(
+    node: Node, user: tuple[str, str, str], endpoint, body, txn
+) -> None:
     user_id, token, room_id = user
     method, path = endpoint
     path = path.format(room=room_id, user=user_id, txn=txn, server=node.server_name)
@@ -201,12 +268,16 @@ def test_random_bodies_never_500(node: Node, user: tuple[str, str, str], endpoin
     assert response.status_code < 500, (method, path, body, response.text)
     answer = response.json()
     # Success, an error with its errcode, or a UIA challenge (401 with flows).
-    assert response.status_code == 200 or "errcode" in answer or (
-        response.status_code == 401 and "flows" in answer
+    assert (
+        response.status_code == 200
+        or "errcode" in answer
+        or (response.status_code == 401 and "flows" in answer)
     )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(path=st.sampled_from(GETS), query=QUERIES, txn=st.integers(0, 5))
 def test_random_queries_never_500(node: Node, user: tuple[str, str, str], path, query, txn) -> None:
     user_id, token, room_id = user

@@ -43,7 +43,9 @@ async def test_private_room_invite_join_and_100_messages_in_order(node: Node) ->
     try:
         await synced(alice)
         await synced(bob)
-        room_id = await create(alice, name="secret", invite=[bob.user_id], preset=RoomPreset.private_chat)
+        room_id = await create(
+            alice, name="secret", invite=[bob.user_id], preset=RoomPreset.private_chat
+        )
         invited = await synced(bob, since=bob.next_batch)
         assert room_id in invited.rooms.invite
         invite_state = invited.rooms.invite[room_id].invite_state
@@ -57,7 +59,9 @@ async def test_private_room_invite_join_and_100_messages_in_order(node: Node) ->
         await synced(alice, since=alice.next_batch)
         for i in range(100):
             sender = alice if i % 2 == 0 else bob
-            sent = await sender.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": f"m{i}"})
+            sent = await sender.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": f"m{i}"}
+            )
             assert isinstance(sent, RoomSendResponse), sent
         # Incremental sync: the last 10 arrive, limited, with a prev_batch to page from.
         update = await synced(bob, since=bob.next_batch)
@@ -68,7 +72,9 @@ async def test_private_room_invite_join_and_100_messages_in_order(node: Node) ->
         seen: list[str] = []
         token = timeline.prev_batch
         while True:
-            page = await bob.room_messages(room_id, start=token, direction=MessageDirection.back, limit=17)
+            page = await bob.room_messages(
+                room_id, start=token, direction=MessageDirection.back, limit=17
+            )
             assert isinstance(page, RoomMessagesResponse), page
             seen = texts(page.chunk)[::-1] + seen
             if page.end is None:
@@ -79,7 +85,9 @@ async def test_private_room_invite_join_and_100_messages_in_order(node: Node) ->
         forward: list[str] = []
         token = ""
         while True:
-            page = await bob.room_messages(room_id, start=token, direction=MessageDirection.front, limit=33)
+            page = await bob.room_messages(
+                room_id, start=token, direction=MessageDirection.front, limit=33
+            )
             assert isinstance(page, RoomMessagesResponse), page
             forward += texts(page.chunk)
             if page.end is None:
@@ -142,7 +150,9 @@ async def test_public_room_join_by_alias_state_profile_leave(node: Node) -> None
         forget = await bob.room_forget(room_id)
         assert not hasattr(forget, "status_code") or forget.status_code is None
         with node.http() as http:
-            joined = http.get("/_matrix/client/v3/joined_rooms", headers=auth(bob.access_token)).json()
+            joined = http.get(
+                "/_matrix/client/v3/joined_rooms", headers=auth(bob.access_token)
+            ).json()
             assert room_id not in joined["joined_rooms"]
     finally:
         await alice.close()
@@ -162,12 +172,22 @@ async def test_typing_and_receipts_and_read_markers(node: Node) -> None:
 
         await alice.room_typing(room_id, True, timeout=30000)
         update = await synced(bob, since=bob.next_batch)
-        typing = [e for e in update.rooms.join[room_id].ephemeral if e.__class__.__name__ == "TypingNoticeEvent"]
+        typing = [
+            e
+            for e in update.rooms.join[room_id].ephemeral
+            if e.__class__.__name__ == "TypingNoticeEvent"
+        ]
         assert typing and typing[0].users == [alice.user_id]
 
-        await bob.room_read_markers(room_id, fully_read_event=sent.event_id, read_event=sent.event_id)
+        await bob.room_read_markers(
+            room_id, fully_read_event=sent.event_id, read_event=sent.event_id
+        )
         update = await synced(alice, since=alice.next_batch)
-        receipts = [e for e in update.rooms.join[room_id].ephemeral if e.__class__.__name__ == "ReceiptEvent"]
+        receipts = [
+            e
+            for e in update.rooms.join[room_id].ephemeral
+            if e.__class__.__name__ == "ReceiptEvent"
+        ]
         assert receipts
         assert any(
             r.event_id == sent.event_id and r.user_id == bob.user_id and r.receipt_type == "m.read"
@@ -179,7 +199,11 @@ async def test_typing_and_receipts_and_read_markers(node: Node) -> None:
 
         await alice.room_typing(room_id, False)
         update = await synced(bob, since=bob.next_batch)
-        typing = [e for e in update.rooms.join[room_id].ephemeral if e.__class__.__name__ == "TypingNoticeEvent"]
+        typing = [
+            e
+            for e in update.rooms.join[room_id].ephemeral
+            if e.__class__.__name__ == "TypingNoticeEvent"
+        ]
         assert typing and typing[0].users == []
     finally:
         await alice.close()
@@ -192,19 +216,26 @@ async def test_kick_ban_unban_redact_and_context(node: Node) -> None:
     try:
         room_id = await create(alice, invite=[bob.user_id], room_version="11")
         await bob.join(room_id)
-        first = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "oops"})
-        second = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "fine"})
+        first = await bob.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "oops"}
+        )
+        second = await bob.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "fine"}
+        )
         redaction = await alice.room_redact(room_id, first.event_id, reason="spam")
         assert redaction.event_id
         context = await alice.room_context(room_id, second.event_id, limit=4)
         assert context.event.event_id == second.event_id
         with node.http() as http:
             redacted = http.get(
-                f"/_matrix/client/v3/rooms/{room_id}/event/{first.event_id}", headers=auth(alice.access_token)
+                f"/_matrix/client/v3/rooms/{room_id}/event/{first.event_id}",
+                headers=auth(alice.access_token),
             ).json()
             assert redacted["content"] == {}
             assert redacted["unsigned"]["redacted_because"]["event_id"] == redaction.event_id
-        assert (await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "x"})).event_id
+        assert (
+            await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "x"})
+        ).event_id
         await alice.room_kick(room_id, bob.user_id, reason="bye")
         refused = await bob.room_send(room_id, "m.room.message", {"msgtype": "m.text", "body": "x"})
         assert getattr(refused, "status_code", None) == "M_FORBIDDEN"

@@ -79,7 +79,9 @@ def test_txn_ids_are_idempotent(node: Node) -> None:
         first = send(http, alice_token, room_id, "once", "same")
         again = send(http, alice_token, room_id, "once", "same")
         assert first == again
-        since_start = sync(http, alice_token, filter=json.dumps({"room": {"timeline": {"limit": 50}}}))
+        since_start = sync(
+            http, alice_token, filter=json.dumps({"room": {"timeline": {"limit": 50}}})
+        )
         bodies = [
             e["content"].get("body")
             for e in since_start["rooms"]["join"][room_id]["timeline"]["events"]
@@ -93,11 +95,18 @@ def test_filters_stored_and_inline(node: Node) -> None:
         alice, alice_token, bob, bob_token, room_id = two_users_in_room(http)
         for i in range(5):
             send(http, alice_token, room_id, f"f{i}", f"f{i}")
-        flt = {"room": {"timeline": {"limit": 2, "types": ["m.room.message"]}, "state": {"types": ["m.room.name"]}}}
+        flt = {
+            "room": {
+                "timeline": {"limit": 2, "types": ["m.room.message"]},
+                "state": {"types": ["m.room.name"]},
+            }
+        }
         created = http.post(f"{V3}/user/{bob}/filter", headers=auth(bob_token), json=flt)
         assert created.status_code == 200
         filter_id = created.json()["filter_id"]
-        assert http.get(f"{V3}/user/{bob}/filter/{filter_id}", headers=auth(bob_token)).json() == flt
+        assert (
+            http.get(f"{V3}/user/{bob}/filter/{filter_id}", headers=auth(bob_token)).json() == flt
+        )
         forbidden = http.get(f"{V3}/user/{alice}/filter/{filter_id}", headers=auth(bob_token))
         assert forbidden.status_code == 403
         for value in (filter_id, json.dumps(flt)):
@@ -106,7 +115,11 @@ def test_filters_stored_and_inline(node: Node) -> None:
             assert [e["content"]["body"] for e in room["timeline"]["events"]] == ["f3", "f4"]
             assert room["timeline"]["limited"] is True
             assert {e["type"] for e in room["state"]["events"]} == {"m.room.name"}
-        bad = http.post(f"{V3}/user/{bob}/filter", headers=auth(bob_token), json={"room": {"timeline": {"limit": "x"}}})
+        bad = http.post(
+            f"{V3}/user/{bob}/filter",
+            headers=auth(bob_token),
+            json={"room": {"timeline": {"limit": "x"}}},
+        )
         assert (bad.status_code, bad.json()["errcode"]) == (400, "M_BAD_JSON")
         unknown = http.get(f"{V3}/sync", headers=auth(bob_token), params={"filter": "9999"})
         assert unknown.status_code == 400
@@ -130,10 +143,16 @@ def test_initial_sync_state_and_full_state(node: Node) -> None:
         quiet = sync(http, bob_token, since=since)
         assert room_id not in quiet.get("rooms", {}).get("join", {})
         full = sync(http, bob_token, since=since, full_state="true")
-        full_types = {(e["type"], e["state_key"]) for e in full["rooms"]["join"][room_id]["state"]["events"]}
+        full_types = {
+            (e["type"], e["state_key"]) for e in full["rooms"]["join"][room_id]["state"]["events"]
+        }
         assert ("m.room.create", "") in full_types
         # An incremental sync carries the state change in the timeline.
-        http.put(f"{V3}/rooms/{room_id}/state/m.room.name", headers=auth(alice_token), json={"name": "renamed"})
+        http.put(
+            f"{V3}/rooms/{room_id}/state/m.room.name",
+            headers=auth(alice_token),
+            json={"name": "renamed"},
+        )
         update = sync(http, bob_token, since=since)
         name_event = update["rooms"]["join"][room_id]["timeline"]["events"][-1]
         assert name_event["content"] == {"name": "renamed"}
@@ -145,18 +164,42 @@ def test_invite_and_leave_sections_and_lazy_members(node: Node) -> None:
         alice, alice_token = register_raw(http)
         carol, carol_token = register_raw(http)
         since = sync(http, carol_token)["next_batch"]
-        room_id = http.post(f"{V3}/createRoom", headers=auth(alice_token), json={"name": "inv"}).json()["room_id"]
-        http.post(f"{V3}/rooms/{room_id}/invite", headers=auth(alice_token), json={"user_id": carol})
+        room_id = http.post(
+            f"{V3}/createRoom", headers=auth(alice_token), json={"name": "inv"}
+        ).json()["room_id"]
+        http.post(
+            f"{V3}/rooms/{room_id}/invite", headers=auth(alice_token), json={"user_id": carol}
+        )
         update = sync(http, carol_token, since=since)
         stripped = update["rooms"]["invite"][room_id]["invite_state"]["events"]
-        assert {"type": "m.room.name", "state_key": "", "content": {"name": "inv"}, "sender": alice} in stripped
-        assert any(e["type"] == "m.room.member" and e["content"]["membership"] == "invite" for e in stripped)
+        assert {
+            "type": "m.room.name",
+            "state_key": "",
+            "content": {"name": "inv"},
+            "sender": alice,
+        } in stripped
+        assert any(
+            e["type"] == "m.room.member" and e["content"]["membership"] == "invite"
+            for e in stripped
+        )
         http.post(f"{V3}/rooms/{room_id}/join", headers=auth(carol_token))
-        lazy = sync(http, carol_token, filter=json.dumps({"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}}))
-        members = [e["state_key"] for e in lazy["rooms"]["join"][room_id]["state"]["events"] if e["type"] == "m.room.member"]
+        lazy = sync(
+            http,
+            carol_token,
+            filter=json.dumps(
+                {"room": {"state": {"lazy_load_members": True}, "timeline": {"limit": 1}}}
+            ),
+        )
+        members = [
+            e["state_key"]
+            for e in lazy["rooms"]["join"][room_id]["state"]["events"]
+            if e["type"] == "m.room.member"
+        ]
         assert alice not in members  # alice sent nothing in the one-event timeline
         since = lazy["next_batch"]
-        assert http.post(f"{V3}/rooms/{room_id}/leave", headers=auth(carol_token)).status_code == 200
+        assert (
+            http.post(f"{V3}/rooms/{room_id}/leave", headers=auth(carol_token)).status_code == 200
+        )
         left = sync(http, carol_token, since=since)
         events = left["rooms"]["leave"][room_id]["timeline"]["events"]
         assert events[-1]["content"]["membership"] == "leave"
@@ -169,21 +212,51 @@ def test_account_data_and_presence(node: Node) -> None:
     with node.http() as http:
         alice, alice_token, bob, bob_token, room_id = two_users_in_room(http)
         since = sync(http, alice_token, set_presence="offline")["next_batch"]
-        assert http.put(f"{V3}/user/{alice}/account_data/org.example", headers=auth(alice_token), json={"a": 1}).status_code == 200
-        assert http.put(
-            f"{V3}/user/{alice}/rooms/{room_id}/account_data/org.example.room", headers=auth(alice_token), json={"b": 2}
-        ).status_code == 200
-        assert http.get(f"{V3}/user/{alice}/account_data/org.example", headers=auth(alice_token)).json() == {"a": 1}
-        assert http.get(f"{V3}/user/{alice}/account_data/none", headers=auth(alice_token)).status_code == 404
-        assert http.get(f"{V3}/user/{bob}/account_data/org.example", headers=auth(alice_token)).status_code == 403
+        assert (
+            http.put(
+                f"{V3}/user/{alice}/account_data/org.example",
+                headers=auth(alice_token),
+                json={"a": 1},
+            ).status_code
+            == 200
+        )
+        assert (
+            http.put(
+                f"{V3}/user/{alice}/rooms/{room_id}/account_data/org.example.room",
+                headers=auth(alice_token),
+                json={"b": 2},
+            ).status_code
+            == 200
+        )
+        assert http.get(
+            f"{V3}/user/{alice}/account_data/org.example", headers=auth(alice_token)
+        ).json() == {"a": 1}
+        assert (
+            http.get(f"{V3}/user/{alice}/account_data/none", headers=auth(alice_token)).status_code
+            == 404
+        )
+        assert (
+            http.get(
+                f"{V3}/user/{bob}/account_data/org.example", headers=auth(alice_token)
+            ).status_code
+            == 403
+        )
         update = sync(http, alice_token, since=since, set_presence="offline")
         assert {"type": "org.example", "content": {"a": 1}} in update["account_data"]["events"]
         room_data = update["rooms"]["join"][room_id]["account_data"]["events"]
         assert room_data == [{"type": "org.example.room", "content": {"b": 2}}]
         since = update["next_batch"]
-        http.put(f"{V3}/presence/{bob}/status", headers=auth(bob_token), json={"presence": "unavailable", "status_msg": "away"})
-        presence = sync(http, alice_token, since=since, set_presence="offline")["presence"]["events"]
-        assert {"type": "m.presence", "sender": bob} | {"content": presence[0]["content"]} == presence[0]
+        http.put(
+            f"{V3}/presence/{bob}/status",
+            headers=auth(bob_token),
+            json={"presence": "unavailable", "status_msg": "away"},
+        )
+        presence = sync(http, alice_token, since=since, set_presence="offline")["presence"][
+            "events"
+        ]
+        assert {"type": "m.presence", "sender": bob} | {
+            "content": presence[0]["content"]
+        } == presence[0]
         assert presence[0]["content"]["presence"] == "unavailable"
         assert presence[0]["content"]["status_msg"] == "away"
         status = http.get(f"{V3}/presence/{bob}/status", headers=auth(alice_token)).json()
@@ -196,21 +269,56 @@ def test_startup_endpoints(node: Node) -> None:
         headers = auth(token)
         rules = http.get(f"{V3}/pushrules/", headers=headers).json()
         override_ids = [r["rule_id"] for r in rules["global"]["override"]]
-        assert override_ids[:4] == [".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event"]
-        assert [r["rule_id"] for r in rules["global"]["underride"]][-2:] == [".m.rule.message", ".m.rule.encrypted"]
-        assert http.put(f"{V3}/pushrules/global/override/.m.rule.master/enabled", headers=headers, json={"enabled": True}).status_code == 200
-        assert http.get(f"{V3}/pushrules/global/override/.m.rule.master/enabled", headers=headers).json() == {"enabled": True}
-        assert http.put(
-            f"{V3}/pushrules/global/room/!r:x", headers=headers, json={"actions": ["dont_notify"]}
-        ).status_code == 200
-        assert http.get(f"{V3}/pushrules/global/room/!r:x", headers=headers).json()["actions"] == ["dont_notify"]
-        assert http.request("DELETE", f"{V3}/pushrules/global/override/.m.rule.master", headers=headers).status_code == 400
+        assert override_ids[:4] == [
+            ".m.rule.master",
+            ".m.rule.suppress_notices",
+            ".m.rule.invite_for_me",
+            ".m.rule.member_event",
+        ]
+        assert [r["rule_id"] for r in rules["global"]["underride"]][-2:] == [
+            ".m.rule.message",
+            ".m.rule.encrypted",
+        ]
+        assert (
+            http.put(
+                f"{V3}/pushrules/global/override/.m.rule.master/enabled",
+                headers=headers,
+                json={"enabled": True},
+            ).status_code
+            == 200
+        )
+        assert http.get(
+            f"{V3}/pushrules/global/override/.m.rule.master/enabled", headers=headers
+        ).json() == {"enabled": True}
+        assert (
+            http.put(
+                f"{V3}/pushrules/global/room/!r:x",
+                headers=headers,
+                json={"actions": ["dont_notify"]},
+            ).status_code
+            == 200
+        )
+        assert http.get(f"{V3}/pushrules/global/room/!r:x", headers=headers).json()["actions"] == [
+            "dont_notify"
+        ]
+        assert (
+            http.request(
+                "DELETE", f"{V3}/pushrules/global/override/.m.rule.master", headers=headers
+            ).status_code
+            == 400
+        )
         assert http.get(f"{V3}/voip/turnServer", headers=headers).json() == {}
         backup = http.get(f"{V3}/room_keys/version", headers=headers)
         assert (backup.status_code, backup.json()["errcode"]) == (404, "M_NOT_FOUND")
         assert http.get(f"{V3}/pushers", headers=headers).json() == {"pushers": []}
         assert http.get(f"{V3}/thirdparty/protocols", headers=headers).json() == {}
-        http.put(f"{V3}/profile/{user}/displayname", headers=headers, json={"displayname": "Zed Searchable"})
-        found = http.post(f"{V3}/user_directory/search", headers=headers, json={"search_term": "zed sea"}).json()
+        http.put(
+            f"{V3}/profile/{user}/displayname",
+            headers=headers,
+            json={"displayname": "Zed Searchable"},
+        )
+        found = http.post(
+            f"{V3}/user_directory/search", headers=headers, json={"search_term": "zed sea"}
+        ).json()
         assert {"user_id": user, "display_name": "Zed Searchable"} in found["results"]
         assert http.get(f"{V3}/profile/@nobody:{node.server_name}").status_code == 404
