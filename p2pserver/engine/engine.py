@@ -326,6 +326,12 @@ class RoomEngine:
         try:
             await self._ensure_auth_events(origin, event)
             before = await self._state_before(origin, event, pulled=pulled)
+            # Fetching may have stored this very event meanwhile (a peer can
+            # list it among the state it sends): go on from what is stored.
+            stored = self.store.event_meta(event.event_id)
+            if stored is not None and stored.status != EventStatus.OUTLIER:
+                return PduResult.of(stored)
+            existing = stored
             status, reason = self._check_auth(event, before)
             meta = self._commit(event, status, reason, before, existing=existing)
         except _Dropped as exc:
