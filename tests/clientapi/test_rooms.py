@@ -249,3 +249,80 @@ async def test_kick_ban_unban_redact_and_context(node: Node) -> None:
     finally:
         await alice.close()
         await bob.close()
+
+
+def test_aliases_and_directory_visibility(node: Node) -> None:
+    from tests.clientapi.conftest import register_raw
+
+    v3 = "/_matrix/client/v3"
+    with node.http() as http:
+        alice, alice_token = register_raw(http)
+        bob, bob_token = register_raw(http)
+        room_id = http.post(f"{v3}/createRoom", headers=auth(alice_token), json={}).json()[
+            "room_id"
+        ]
+        alias = f"#place{int(time.monotonic() * 1000)}:{node.server_name}"
+        quoted = alias.replace("#", "%23")
+        assert (
+            http.put(
+                f"{v3}/directory/room/{quoted}",
+                headers=auth(alice_token),
+                json={"room_id": room_id},
+            ).status_code
+            == 200
+        )
+        taken = http.put(
+            f"{v3}/directory/room/{quoted}", headers=auth(bob_token), json={"room_id": room_id}
+        )
+        assert (taken.status_code, taken.json()["errcode"]) == (409, "M_UNKNOWN")
+        other = http.put(
+            f"{v3}/directory/room/%23x:elsewhere",
+            headers=auth(alice_token),
+            json={"room_id": room_id},
+        )
+        assert other.json()["errcode"] == "M_INVALID_PARAM"
+        assert http.get(f"{v3}/directory/room/{quoted}").json()["room_id"] == room_id
+        assert http.get(f"{v3}/rooms/{room_id}/aliases", headers=auth(alice_token)).json() == {
+            "aliases": [alias]
+        }
+        # canonical_alias may name it now; an alias of another room it may not.
+        ok = http.put(
+            f"{v3}/rooms/{room_id}/state/m.room.canonical_alias",
+            headers=auth(alice_token),
+            json={"alias": alias},
+        )
+        assert ok.status_code == 200
+        bad = http.put(
+            f"{v3}/rooms/{room_id}/state/m.room.canonical_alias",
+            headers=auth(alice_token),
+            json={"alias": f"#missing:{node.server_name}"},
+        )
+        assert (bad.status_code, bad.json()["errcode"]) == (400, "M_BAD_ALIAS")
+        refused = http.request("DELETE", f"{v3}/directory/room/{quoted}", headers=auth(bob_token))
+        assert refused.status_code == 403
+        assert http.get(f"{v3}/directory/list/room/{room_id}").json() == {"visibility": "private"}
+        assert (
+            http.put(
+                f"{v3}/directory/list/room/{room_id}",
+                headers=auth(bob_token),
+                json={"visibility": "public"},
+            ).status_code
+            == 403
+        )
+        assert (
+            http.put(
+                f"{v3}/directory/list/room/{room_id}",
+                headers=auth(alice_token),
+                json={"visibility": "public"},
+            ).status_code
+            == 200
+        )
+        listed = http.get(f"{v3}/publicRooms", params={"limit": 500}).json()["chunk"]
+        assert room_id in [c["room_id"] for c in listed]
+        assert (
+            http.request(
+                "DELETE", f"{v3}/directory/room/{quoted}", headers=auth(alice_token)
+            ).status_code
+            == 200
+        )
+        assert http.get(f"{v3}/directory/room/{quoted}").status_code == 404
