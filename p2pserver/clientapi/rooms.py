@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from p2pserver.clientapi.edus import queue_receipt, queue_typing
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.filters import EventFilter, parse_room_event_filter
 from p2pserver.clientapi.formats import client_event
@@ -592,6 +593,7 @@ async def typing(ctx: Ctx) -> dict[str, Any]:
         raise ApiError.of("M_BAD_JSON", "timeout must be a non-negative integer")
     _require_joined(ctx, room_id)
     if api.typing.set(room_id, ctx.user_id, is_typing, min(timeout, MAX_TYPING_TIMEOUT_MS)):
+        queue_typing(api, room_id, ctx.user_id, is_typing)
         api.poke()
     return {}
 
@@ -610,9 +612,10 @@ def _store_receipt(
     if receipt_type == "m.fully_read":
         api.accounts.set_account_data(ctx.user_id, room_id, "m.fully_read", {"event_id": event_id})
     else:
-        api.accounts.set_receipt(
-            room_id, receipt_type, ctx.user_id, thread_id, event_id, api.now_ms()
-        )
+        now = api.now_ms()
+        api.accounts.set_receipt(room_id, receipt_type, ctx.user_id, thread_id, event_id, now)
+        if receipt_type == "m.read":  # private receipts never leave the node
+            queue_receipt(api, room_id, ctx.user_id, event_id, now, thread_id)
     api.poke()
 
 

@@ -108,6 +108,12 @@ class ClientAPI:
     def _on_room_update(self, update: RoomUpdate) -> None:
         self.poke()
 
+    def receive_edu(self, origin: str, edu: Any) -> None:
+        """An EDU from ``origin`` (typing, receipts, presence); see :mod:`.edus`."""
+        from p2pserver.clientapi.edus import receive_edu
+
+        receive_edu(self, origin, edu)
+
     def current_token(self) -> StreamToken:
         return StreamToken(
             self.engine.notifier.position, self.accounts.stream_position(), self.ephemeral.position
