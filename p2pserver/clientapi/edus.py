@@ -96,7 +96,9 @@ def receive_edu(api: ClientAPI, origin: str, edu: Any) -> None:
                 ):
                     continue
                 event_ids = receipt.get("event_ids")
-                data = receipt.get("data") if isinstance(receipt.get("data"), Mapping) else {}
+                data = receipt.get("data")
+                if not isinstance(data, Mapping):
+                    data = {}
                 ts, thread_id = data.get("ts"), data.get("thread_id")
                 for event_id in event_ids if isinstance(event_ids, list) else ():
                     meta = api.store.event_meta(event_id) if isinstance(event_id, str) else None
