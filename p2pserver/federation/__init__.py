@@ -9,11 +9,13 @@
 - :mod:`.membership`: make_join/send_join, make_leave/send_leave, invite.
 - :mod:`.queries`: hooks for profile, devices, keys and EDUs.
 - :mod:`.federation`: :class:`Federation`, all of it wired to one room engine.
+- :mod:`.remote`: :class:`FederationRemote`, the client API's hook for other servers.
 """
 
 from p2pserver.federation.client import FederationClient, FederationError
 from p2pserver.federation.federation import Federation, FederationConfig, build_federation
 from p2pserver.federation.queries import DefaultQueries, QueryHandler
+from p2pserver.federation.remote import FederationRemote
 from p2pserver.federation.server import FederationServer
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "FederationClient",
     "FederationConfig",
     "FederationError",
+    "FederationRemote",
     "FederationServer",
     "QueryHandler",
     "build_federation",

@@ -200,9 +200,11 @@ class Federation:
 
     # -- membership the node initiates ----------------------------------------------------------
 
-    async def invite(self, room_id: str, sender: str, target: str) -> str:
+    async def invite(
+        self, room_id: str, sender: str, target: str, *, reason: str | None = None
+    ) -> str:
         """Invite ``target``: a local event, then the ``invite`` handshake with its server."""
-        event_id = await self.engine.invite(room_id, sender, target)
+        event_id = await self.engine.invite(room_id, sender, target, reason)
         server = sender_server(target)
         if server != self.server_name:
             self._spawn(self._send_invite, server, room_id, event_id, sender)

@@ -120,7 +120,7 @@ async def shared_room(nodes: list[Node], *, preset: str = "public_chat") -> str:
     room_id = await creator.engine.create_room(creator.user("u0"), {"preset": preset})
     for i, node in enumerate(nodes[1:], 1):
         invite = await creator.fed.invite(room_id, creator.user("u0"), node.user(f"u{i}"))
-        await wait_until(lambda n=node, e=invite: n.has(e))
+        await wait_until(functools.partial(node.has, invite))
         await node.fed.join(room_id, node.user(f"u{i}"))
     everyone = {n.server_name for n in nodes}
     await wait_until(lambda: all(n.store.joined_servers(room_id) == everyone for n in nodes))

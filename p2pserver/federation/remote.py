@@ -1,0 +1,59 @@
+"""The client API's :class:`~p2pserver.clientapi.remote.Remote`, over federation.
+
+:class:`FederationRemote` is what a node passes to
+:func:`p2pserver.clientapi.serve_client_api` so that joins through other
+servers, invites of their users and their profiles go over federation.
+Failures reach the client as :class:`MatrixError` with the remote
+server's errcode when it sent one, else the errcode the spec gives for a
+server that cannot be reached (M_NOT_FOUND for lookups,
+M_UNABLE_TO_GRANT_JOIN for joins). Room aliases and public room lists of
+other servers are not part of this federation yet: M_NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from p2pserver.engine.peers import PeerError
+from p2pserver.federation.federation import Federation
+from p2pserver.rooms.errors import MatrixError
+from p2pserver.rooms.events import sender_server
+
+
+def _as_matrix_error(exc: PeerError, fallback: str) -> MatrixError:
+    return MatrixError(str(exc), errcode=exc.errcode or fallback)
+
+
+class FederationRemote:
+    def __init__(self, federation: Federation) -> None:
+        self.federation = federation
+
+    async def join(
+        self, room_id: str, user_id: str, via: Sequence[str], content: Mapping[str, Any]
+    ) -> str:
+        try:
+            return await self.federation.join(room_id, user_id, via=via, content=content)
+        except PeerError as exc:
+            raise _as_matrix_error(exc, "M_UNABLE_TO_GRANT_JOIN") from None
+
+    async def invite(self, room_id: str, sender: str, target: str, reason: str | None) -> str:
+        return await self.federation.invite(room_id, sender, target, reason=reason)
+
+    async def query_alias(self, alias: str) -> tuple[str, list[str]]:
+        raise MatrixError(
+            f"cannot resolve {alias}: no directory over federation yet", errcode="M_NOT_FOUND"
+        )
+
+    async def query_profile(self, user_id: str) -> dict[str, Any]:
+        try:
+            return await self.federation.client.query_profile(sender_server(user_id), user_id)
+        except PeerError as exc:
+            raise _as_matrix_error(exc, "M_NOT_FOUND") from None
+
+    async def public_rooms(
+        self, server: str, *, limit: int | None, since: str | None, search: str | None
+    ) -> dict[str, Any]:
+        raise MatrixError(
+            f"{server}'s room directory is not reachable over federation yet", errcode="M_NOT_FOUND"
+        )
