@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         from p2pserver.engine import RoomEngine
         from p2pserver.storage import Store
 
-        engine = RoomEngine(Store.open_data_dir(data_dir), key)
+        engine = RoomEngine(Store.open(config.database_path), key)
         await serve_client_api(engine, None, config)
 
     try:

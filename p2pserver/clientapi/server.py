@@ -32,7 +32,7 @@ import logging
 import secrets
 import string
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -113,6 +113,33 @@ class ClientAPI:
         from p2pserver.clientapi.edus import receive_edu
 
         receive_edu(self, origin, edu)
+
+    def edu_handlers(self) -> dict[str, Callable[[str, Mapping[str, Any]], Awaitable[None]]]:
+        """``{edu_type: async handler(origin, content)}``, for ``Federation.on_edu``."""
+
+        def handler(edu_type: str) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
+            async def handle(origin: str, content: Mapping[str, Any]) -> None:
+                self.receive_edu(origin, {"edu_type": edu_type, "content": content})
+
+            return handle
+
+        return {t: handler(t) for t in ("m.typing", "m.receipt", "m.presence")}
+
+    async def query_profile(self, origin: str, user_id: str, field: str | None) -> dict[str, Any]:
+        """Federation ``/query/profile`` for a local user (M_NOT_FOUND if none)."""
+        record = self.accounts.user(user_id) if self.is_local_user(user_id) else None
+        if record is None or record.deactivated:
+            raise ApiError.of("M_NOT_FOUND", f"no profile for {user_id}")
+        profile = {
+            k: v
+            for k, v in (("displayname", record.displayname), ("avatar_url", record.avatar_url))
+            if v is not None
+        }
+        if field is not None:
+            if field not in profile:
+                raise ApiError.of("M_NOT_FOUND", f"{user_id} has no {field}")
+            return {field: profile[field]}
+        return profile
 
     def current_token(self) -> StreamToken:
         return StreamToken(

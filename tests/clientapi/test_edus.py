@@ -108,3 +108,50 @@ def test_edus_out_and_in() -> None:
         assert ephemeral["m.receipt"] == {message: {"m.read": {remote_user: {"ts": 5}}}}
 
     trio.run(main)
+
+
+def test_federation_hooks_profile_and_edu_handlers() -> None:
+    async def main() -> None:
+        net = LocalNetwork()
+        here = net.add_engine()
+        api = ClientAPI(here)
+        alice = await call(
+            api,
+            "POST",
+            "/register",
+            {"username": "alice", "password": "p", "auth": {"type": "m.login.dummy"}},
+        )
+        await call(
+            api,
+            "PUT",
+            f"/profile/{alice['user_id']}/displayname",
+            {"displayname": "Alice"},
+            alice["access_token"],
+        )
+        assert await api.query_profile("peer", alice["user_id"], None) == {"displayname": "Alice"}
+        assert await api.query_profile("peer", alice["user_id"], "displayname") == {
+            "displayname": "Alice"
+        }
+        for user_id, field in (
+            (alice["user_id"], "avatar_url"),
+            (f"@nobody:{here.server_name}", None),
+            ("@x:elsewhere", None),
+        ):
+            try:
+                await api.query_profile("peer", user_id, field)
+            except Exception as exc:  # noqa: BLE001 - the errcode is what matters
+                assert getattr(exc, "errcode", None) == "M_NOT_FOUND"
+            else:
+                raise AssertionError("expected M_NOT_FOUND")
+        handlers = api.edu_handlers()
+        assert set(handlers) == {"m.typing", "m.receipt", "m.presence"}
+        await handlers["m.presence"](
+            "peer", {"push": [{"user_id": "@p:peer", "presence": "online"}]}
+        )
+        await handlers["m.presence"](
+            "peer", {"push": [{"user_id": "@q:other", "presence": "online"}]}
+        )
+        assert api.presence.get("@p:peer") is not None
+        assert api.presence.get("@q:other") is None
+
+    trio.run(main)
