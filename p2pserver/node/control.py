@@ -125,18 +125,15 @@ class ControlCommands:
         if not isinstance(body, dict):
             raise ControlError("'request' must be a createRoom body")
         version = request.get("room_version")
-        room_id = await self.node.engine.create_room(
-            self._user(request, "user"),
-            body,
-            room_version=get_room_version(version) if version is not None else None,
-        )
+        creator = self._user(request, "user")
+        room_version = get_room_version(version) if version is not None else None
+        room_id = await self.node.engine.create_room(creator, body, room_version=room_version)
         return {"room_id": room_id}
 
     async def invite(self, request: dict[str, Any]) -> dict[str, Any]:
-        event_id = await self.node.federation.invite(
-            _text(request, "room_id"), self._user(request, "sender"), self._user(request, "target")
-        )
-        return {"event_id": event_id}
+        room_id = _text(request, "room_id")
+        sender, target = self._user(request, "sender"), self._user(request, "target")
+        return {"event_id": await self.node.federation.invite(room_id, sender, target)}
 
     def _via(self, request: dict[str, Any]) -> list[str]:
         via = request.get("via", [])
@@ -145,28 +142,30 @@ class ControlCommands:
         return via
 
     async def join(self, request: dict[str, Any]) -> dict[str, Any]:
-        event_id = await self.node.federation.join(
-            _text(request, "room_id"), self._user(request, "user"), via=self._via(request)
+        room_id, user, via = (
+            _text(request, "room_id"),
+            self._user(request, "user"),
+            self._via(request),
         )
-        return {"event_id": event_id}
+        return {"event_id": await self.node.federation.join(room_id, user, via=via)}
 
     async def leave(self, request: dict[str, Any]) -> dict[str, Any]:
-        event_id = await self.node.federation.leave(
-            _text(request, "room_id"), self._user(request, "user"), via=self._via(request)
+        room_id, user, via = (
+            _text(request, "room_id"),
+            self._user(request, "user"),
+            self._via(request),
         )
-        return {"event_id": event_id}
+        return {"event_id": await self.node.federation.leave(room_id, user, via=via)}
 
     async def send(self, request: dict[str, Any]) -> dict[str, Any]:
         content = request.get("content", {})
         state_key = request.get("state_key")
         if not isinstance(content, dict) or not (state_key is None or isinstance(state_key, str)):
             raise ControlError("'content' must be an object and 'state_key' a string")
+        room_id, sender = _text(request, "room_id"), self._user(request, "sender")
+        event_type = _text(request, "type")
         event_id = await self.node.engine.send_event(
-            _text(request, "room_id"),
-            self._user(request, "sender"),
-            _text(request, "type"),
-            content,
-            state_key=state_key,
+            room_id, sender, event_type, content, state_key=state_key
         )
         return {"event_id": event_id}
 
