@@ -40,6 +40,7 @@ class Node:
         config: FederationConfig = CONFIG,
         store_path: Path | None = None,
     ) -> None:
+        self.hub = hub
         self.key = SigningKey.generate()
         self.server_name = self.key.server_name
         self.net: MemoryNetwork = hub.network(self.server_name)

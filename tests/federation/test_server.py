@@ -440,3 +440,24 @@ def test_queries_route_to_the_hook_for_local_users_only():
             )
 
     run(main)
+
+
+def test_rejecting_an_invite_by_make_leave_and_send_leave():
+    async def main():
+        async with setup() as (a, b, mallory, key, room_id):
+            # c's network runs but not its federation: it never holds the room.
+            c = Node(a.hub)
+            c.net.add_peer_address(a.server_name, ["/memory/a"])
+            a.net.add_peer_address(c.server_name, ["/memory/c"])
+            async with c.net.running():
+                invite = await a.fed.invite(room_id, a.user("u0"), c.user("dan"))
+                leave = await c.fed.leave(room_id, c.user("dan"), via=[a.server_name])
+                await wait_until(lambda: a.has(leave), timeout=10)
+                assert a.store.current_membership(room_id, c.user("dan")) == "leave"
+                assert a.store.event_meta(invite) is not None
+                await wait_until(lambda: b.has(leave), timeout=10)  # a relays it for c
+                # A leave for someone else's user is refused.
+                body = {"room_id": room_id, "user_id": a.user("u0")}
+                await refused(c.net, a.server_name, "make_leave", body, "M_FORBIDDEN")
+
+    run(main)
