@@ -363,8 +363,11 @@ def _notifies(actions: Sequence[Any]) -> tuple[bool, bool]:
 def count_unread(
     ruleset: Any, events: Sequence[dict[str, Any]], room_id: str, facts: RoomFacts
 ) -> tuple[int, int]:
-    """(notification_count, highlight_count) over ``events`` (not the user's own)."""
-    rules = compile_ruleset(ruleset)
+    """(notification_count, highlight_count) over ``events`` (not the user's own).
+
+    ``ruleset`` is a push ruleset, or what :func:`compile_ruleset` made of one.
+    """
+    rules = ruleset if isinstance(ruleset, list) else compile_ruleset(ruleset)
     notifications = highlights = 0
     for event in events:
         notify, highlight = _notifies(_actions(rules, event, room_id, facts))

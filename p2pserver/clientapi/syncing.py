@@ -37,7 +37,12 @@ import trio
 
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.filters import DEFAULT_TIMELINE_LIMIT, Filter, parse_filter
-from p2pserver.clientapi.pushrules import RoomFacts, count_unread, default_ruleset
+from p2pserver.clientapi.pushrules import (
+    RoomFacts,
+    compile_ruleset,
+    count_unread,
+    default_ruleset,
+)
 from p2pserver.clientapi.routing import Ctx, Router
 from p2pserver.clientapi.streams import PRESENCE_STATES, StreamToken
 from p2pserver.clientapi.sync import (
@@ -165,7 +170,7 @@ class SyncGatherer:
         self.filter = flt
         self.views = RoomViews(api)
         self.store = api.store
-        self._rules: Mapping[str, Any] | None = None
+        self._rules: list[Any] | None = None
 
     def sync(self, since: StreamToken | None, *, full_state: bool) -> dict[str, Any]:
         api = self.api
@@ -355,10 +360,12 @@ class SyncGatherer:
         stripped: list[Event] = [events[i] for i in [*ids, member.event_id] if i in events]
         return RoomSync(room_id=member.room_id, membership=member.membership, stripped=stripped)
 
-    def _ruleset(self) -> Mapping[str, Any]:
+    def _ruleset(self) -> list[Any]:
+        """The user's push rules, compiled once per sync."""
         if self._rules is None:
             stored = self.api.accounts.account_data(self.user_id, None, "m.push_rules")
-            self._rules = stored if isinstance(stored, dict) else default_ruleset(self.user_id)
+            ruleset = stored if isinstance(stored, dict) else default_ruleset(self.user_id)
+            self._rules = compile_ruleset(ruleset)
         return self._rules
 
     def _summary(self, room_id: str, current: Mapping[Any, str]) -> dict[str, Any]:
