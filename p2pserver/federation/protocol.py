@@ -193,9 +193,12 @@ class Params:
             raise TooLarge(f"{key!r} has more than {limit} entries")
         return list(value)
 
-    def integer(self, key: str, *, default: int, low: int = 0, high: int = 2**53 - 1) -> int:
-        value = self._get(key, False)
-        if value is None:
+    def integer(
+        self, key: str, *, default: int | None = None, low: int = 0, high: int = 2**53 - 1
+    ) -> int:
+        """An integer in [low, high]; required unless a ``default`` is given."""
+        value = self._get(key, default is None)
+        if value is None and default is not None:
             return default
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
             raise InvalidParam(f"{key!r} must be an integer in [{low}, {high}]")

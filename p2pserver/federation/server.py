@@ -157,7 +157,7 @@ class FederationServer:
         params = p.Params(body)
         txn_id: str = params.text("txn_id", max_length=p.MAX_TXN_ID_LENGTH)
         params.text("origin")  # required; checked against the connection in handle()
-        params.integer("origin_server_ts", default=0)
+        params.integer("origin_server_ts")
         pdus = params.array("pdus")
         edus = params.array("edus", required=False)
         if len(pdus) > p.MAX_PDUS or len(edus) > p.MAX_EDUS:
@@ -262,7 +262,7 @@ class FederationServer:
         params = p.Params(body)
         room_id = params.room_id()
         self._room_for(origin, room_id)
-        limit = params.integer("limit", default=10, high=p.MAX_EVENTS_PER_ANSWER)
+        limit = params.integer("limit", high=p.MAX_EVENTS_PER_ANSWER)  # required by the spec
         pdus = self.engine.on_backfill(origin, room_id, params.event_ids("v"), limit)
         return self._envelope(pdus)
 

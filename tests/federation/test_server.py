@@ -87,6 +87,11 @@ def test_malformed_requests_get_the_spec_errcodes():
             await refused(mallory, dest, "event", {"event_id": "not-an-id"}, "M_INVALID_PARAM")
             await refused(mallory, dest, "get_missing_events", {"room_id": 5}, "M_INVALID_PARAM")
             await refused(mallory, dest, "room_heads", {"rooms": []}, "M_INVALID_PARAM")
+            no_ts = {k: v for k, v in txn(me).items() if k != "origin_server_ts"}
+            await refused(mallory, dest, "send_transaction", no_ts, "M_MISSING_PARAM")
+            backfill = {"room_id": room_id, "v": [a.store.forward_extremities(room_id)[0]]}
+            await refused(b.net, dest, "backfill", backfill, "M_MISSING_PARAM")
+            await refused(b.net, dest, "backfill", {**backfill, "limit": -1}, "M_INVALID_PARAM")
             await refused(mallory, dest, "event", {"event_id": "$" + "A" * 43}, "M_NOT_FOUND")
             # Still serving its members.
             heads = await b.net.request(dest, "room_heads", {"rooms": {room_id: []}}, timeout=5)
