@@ -251,7 +251,9 @@ class Federation:
         errors = []
         for server in servers:
             try:
-                return await self._remote_join(server, room_id, user_id, content)
+                event_id = await self._remote_join(server, room_id, user_id, content)
+                logger.info("%s joined %s through %s", user_id, room_id, server[:8])
+                return event_id
             except (FederationError, MatrixError) as exc:
                 logger.info("joining %s through %s failed: %s", room_id, server[:8], exc)
                 errors.append(exc)

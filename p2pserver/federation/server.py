@@ -397,7 +397,9 @@ class FederationServer:
     async def _take_invite(self, origin: str, pdu: dict[str, Any]) -> None:
         await self.sync.prepare(origin, pdu)
         result = await self.engine.receive_pdu(origin, pdu)
-        if not result.accepted:
+        if result.accepted:
+            logger.info("invited to %s by %s", pdu.get("room_id"), pdu.get("sender"))
+        else:
             logger.info(
                 "invite %s from %s not accepted: %s", result.event_id, origin[:8], result.reason
             )
