@@ -24,7 +24,9 @@ Transactions (``send_transaction``): at most 50 PDUs and 100 EDUs
 (M_TOO_LARGE beyond). Idempotent by ``(origin, txn_id)``: a repeated
 transaction, even one still being processed, gets the first one's answer
 without being processed again. PDUs are processed in order, each one on its
-own (one bad PDU never fails the rest); the answer maps each event ID to
+own (one bad PDU never fails the rest), by the engine's
+``receive_transaction``, after a gap before the first one is pulled whole
+(:meth:`RoomSync.prepare`); the answer maps each event ID to
 ``{}`` or ``{"error": reason}``. A PDU accepted here for the first time is
 relayed to our push targets (:meth:`FederationSender.relay`).
 
@@ -187,9 +189,11 @@ class FederationServer:
 
     async def _receive_pdus(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, str]]:
         results: dict[str, dict[str, str]] = {}
-        for pdu in pdus:
-            await self.sync.prepare(origin, pdu)
-            result = await self.engine.receive_pdu(origin, pdu)
+        if pdus:
+            # A gap before the transaction is pulled whole first; the later
+            # PDUs of a transaction normally follow from the earlier ones.
+            await self.sync.prepare(origin, pdus[0])
+        for result in await self.engine.receive_transaction(origin, pdus):
             if result.event_id is None:
                 logger.info("dropped a PDU from %s: %s", origin[:8], result.reason)
                 continue

@@ -189,14 +189,14 @@ def test_transactions_are_idempotent_by_origin_and_txn_id():
     async def main():
         async with setup() as (a, b, mallory, key, room_id):
             calls = []
-            original = a.engine.receive_pdu
+            original = a.engine.receive_transaction
 
-            async def counting(origin, pdu, **kw):
-                calls.append(pdu.get("content"))
+            async def counting(origin, pdus):
+                calls.append(len(pdus))
                 await trio.sleep(0.5)  # slow, so the repeats overlap it
-                return await original(origin, pdu, **kw)
+                return await original(origin, pdus)
 
-            a.engine.receive_pdu = counting
+            a.engine.receive_transaction = counting
             pdu = message(a, b.key, b.user("u1"), room_id, "once")
             body = txn(b.server_name, [pdu], txn_id="same")
             answers = []
