@@ -188,9 +188,10 @@ class Node:
             async with network.running(), trio.open_nursery() as nursery:
                 await nursery.start(self.federation.run)
                 nursery.start_soon(self._keep_bootstrap_peers)
-                nursery.start_soon(self._write_status, network.subscribe_peer_events())
                 if self.control_socket is not None:
                     await nursery.start(serve_control, self.control_socket, ControlCommands(self))
+                # Last: a snapshot with our pid means everything above is up.
+                nursery.start_soon(self._write_status, network.subscribe_peer_events())
                 logger.info(
                     "node %s ready; listening on %s",
                     self.server_name,
