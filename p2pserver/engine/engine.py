@@ -64,7 +64,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -205,6 +206,10 @@ class RoomEngine:
         self.clock = clock
         self.notifier = Notifier(store.max_stream_ordering())
         self._locks: dict[str, trio.Lock] = {}
+        # While a group commit is open: the updates to announce after it.
+        self._deferred_updates: list[RoomUpdate] | None = None
+        # Requests made to peers so far (to notice that a step fetched).
+        self._fetches = 0
 
     def _lock(self, room_id: str) -> trio.Lock:
         lock = self._locks.get(room_id)
@@ -233,8 +238,78 @@ class RoomEngine:
             return await self._process_incoming(origin, event, pulled=False)
 
     async def receive_transaction(self, origin: str, pdus: Iterable[object]) -> list[PduResult]:
-        """Process the PDUs of one transaction in order (a bad one never fails the rest)."""
-        return [await self.receive_pdu(origin, pdu) for pdu in pdus]
+        """Process the PDUs of one transaction in order (a bad one never fails the rest).
+
+        Returns once every outcome is committed. Runs of PDUs that can be
+        decided from what we hold (nothing to fetch) are checked without
+        yielding and committed together (group commit); each event stays
+        atomic on its own. A PDU that needs a peer goes through
+        :meth:`receive_pdu`, after the run before it has committed.
+        """
+        pending = list(pdus)
+        results: list[PduResult] = []
+        while len(results) < len(pending):
+            with self._batch():
+                while len(results) < len(pending):
+                    result = self._receive_now(origin, pending[len(results)])
+                    if result is None:
+                        break
+                    results.append(result)
+            if len(results) < len(pending):
+                results.append(await self.receive_pdu(origin, pending[len(results)]))
+        return results
+
+    @contextmanager
+    def _batch(self) -> Iterator[None]:
+        """Group commits; announce the updates once the batch is durable."""
+        self._deferred_updates = []
+        try:
+            with self.store.db.batch():
+                yield
+            updates = self._deferred_updates
+        finally:
+            self._deferred_updates = None
+        for update in updates:
+            self.notifier.notify(update)
+
+    def _receive_now(self, origin: str, pdu: object) -> PduResult | None:
+        """:meth:`receive_pdu` for a PDU that needs nothing fetched; None if it does."""
+        if not isinstance(pdu, Mapping):
+            return PduResult(None, None, "format: a PDU must be a JSON object")
+        try:
+            room_version = self._known_room_version(pdu)
+            if room_version is None:
+                return None  # an unknown room: discovering it takes a peer
+            event = parse_pdu(pdu, room_version)
+        except MatrixError as exc:
+            return PduResult(None, None, f"format: {exc.message}")
+        if self._lock(event.room_id).locked():
+            return None  # another task is deciding events of this room
+        existing = self.store.event_meta(event.event_id)
+        if existing is not None and existing.status != EventStatus.OUTLIER:
+            return PduResult.of(existing)
+        if existing is not None or not self._holds_everything_for(event):
+            return None
+        outcome = verify_event(event, self.keys)
+        if outcome.verdict is REJECT:
+            return PduResult(event.event_id, None, f"signature: {outcome.reason}")
+        event = outcome.event
+        try:
+            return self._decide(event, self._state_before_held(event))
+        except _Dropped as exc:
+            return PduResult(event.event_id, None, exc.reason)
+
+    def _holds_everything_for(self, event: Event) -> bool:
+        """Whether the room, the auth events and the state after every prev event are held."""
+        if not event.is_create() and self.store.room(event.room_id) is None:
+            return False
+        needed = self._needed_auth_ids(event)
+        if len(self.store.event_metas(needed)) < len(set(needed)):
+            return False
+        prevs = self.store.event_metas(event.prev_event_ids)
+        return len(prevs) == len(set(event.prev_event_ids)) and all(
+            m.has_state for m in prevs.values()
+        )
 
     async def _parse_incoming(
         self, origin: str, pdu: object, hint: RoomVersion | str | None
@@ -284,6 +359,7 @@ class RoomEngine:
             candidates += [a for a in auth_ids if isinstance(a, str)]
         for candidate in candidates:
             try:
+                self._fetches += 1
                 create_pdu = await self.peers.get_event(origin, candidate)
                 if not isinstance(create_pdu, Mapping):
                     continue
@@ -324,19 +400,25 @@ class RoomEngine:
             assert held is not None
             event = held
         try:
+            fetches = self._fetches
             await self._ensure_auth_events(origin, event)
             before = await self._state_before(origin, event, pulled=pulled)
-            # Fetching may have stored this very event meanwhile (a peer can
-            # list it among the state it sends): go on from what is stored.
-            stored = self.store.event_meta(event.event_id)
-            if stored is not None and stored.status != EventStatus.OUTLIER:
-                return PduResult.of(stored)
-            existing = stored
-            status, reason = self._check_auth(event, before)
-            meta = self._commit(event, status, reason, before, existing=existing)
+            if self._fetches != fetches:
+                # Fetching may have stored this very event meanwhile (a peer
+                # can list it among the state it sends): go on from the store.
+                existing = self.store.event_meta(event.event_id)
+                if existing is not None and existing.status != EventStatus.OUTLIER:
+                    return PduResult.of(existing)
+            return self._decide(event, before, existing)
         except _Dropped as exc:
             return PduResult(event.event_id, None, exc.reason)
-        return PduResult.of(meta)
+
+    def _decide(
+        self, event: Event, before: _StateBefore, existing: EventMeta | None = None
+    ) -> PduResult:
+        """Steps 4-6 and the commit, for an event whose state before is known."""
+        status, reason = self._check_auth(event, before)
+        return PduResult.of(self._commit(event, status, reason, before, existing=existing))
 
     # -- step 4: the event's own auth events ----------------------------------
 
@@ -355,6 +437,7 @@ class RoomEngine:
         if self.peers is None:
             return  # the check below drops it, naming what is missing
         try:
+            self._fetches += 1
             chain = await self.peers.get_event_auth(origin, event.room_id, event.event_id)
         except PeerError as exc:
             raise _Dropped(
@@ -436,19 +519,28 @@ class RoomEngine:
 
     async def _state_before(self, origin: str, event: Event, *, pulled: bool) -> _StateBefore:
         prevs = list(dict.fromkeys(event.prev_event_ids))
-        if not prevs:
-            return _EMPTY_STATE  # the create event (any other fails the rules)
         metas = self.store.event_metas(prevs)
         missing = [p for p in prevs if p not in metas or not metas[p].has_state]
         if missing and not pulled and self.peers is not None:
             await self._fetch_missing_prev_events(origin, event)
             metas = self.store.event_metas(prevs)
             missing = [p for p in prevs if p not in metas or not metas[p].has_state]
+        if not missing:
+            return self._state_before_held(event)
         groups = _state_after_groups(metas[p] for p in prevs if p not in missing)
         fetched = [await self._fetch_state_after(origin, event, p) for p in missing]
-        if not fetched and len(groups) == 1:
-            return _StateBefore(self.store.state_map(groups[0]), groups[0], groups)
         state_sets = [self.store.state_map(g) for g in groups] + fetched
+        return _StateBefore(self._resolve(event, state_sets), None, groups)
+
+    def _state_before_held(self, event: Event) -> _StateBefore:
+        """The state before an event whose prev events are all held with their state."""
+        if not event.prev_event_ids:
+            return _EMPTY_STATE  # the create event (any other fails the rules)
+        metas = self.store.event_metas(event.prev_event_ids)
+        groups = _state_after_groups(metas[p] for p in dict.fromkeys(event.prev_event_ids))
+        if len(groups) == 1:
+            return _StateBefore(self.store.state_map(groups[0]), groups[0], groups)
+        state_sets = [self.store.state_map(g) for g in groups]
         return _StateBefore(self._resolve(event, state_sets), None, groups)
 
     def _resolve(self, event: Event, state_sets: Sequence[StateMap]) -> StateMap:
@@ -462,6 +554,7 @@ class RoomEngine:
         assert self.peers is not None
         room_id = event.room_id
         try:
+            self._fetches += 1
             pdus = await self.peers.get_missing_events(
                 origin,
                 room_id,
@@ -490,6 +583,7 @@ class RoomEngine:
         if self.peers is None:
             raise _Dropped(event.event_id, f"missing prev event {prev_id} and no peer to ask")
         try:
+            self._fetches += 1
             state_ids = await self.peers.get_state_ids(origin, room_id, prev_id)
             if not isinstance(state_ids, StateIds):
                 raise PeerError("malformed /state_ids answer")
@@ -525,6 +619,7 @@ class RoomEngine:
             if event_id in held:
                 continue
             try:
+                self._fetches += 1
                 pdus.append(await self.peers.get_event(origin, event_id))
             except PeerError:
                 continue
@@ -583,8 +678,11 @@ class RoomEngine:
                 )
         except MatrixError as exc:  # state resolution of the new extremities failed
             raise _Dropped(event.event_id, f"cannot store: {exc.message}") from None
-        for update in updates:
-            self.notifier.notify(update)
+        if self._deferred_updates is not None:
+            self._deferred_updates += updates  # announced when the batch commits
+        else:
+            for update in updates:
+                self.notifier.notify(update)
         return meta
 
     def _persist(

@@ -70,6 +70,8 @@ class Database:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
         self._rollback_hooks: list[Callable[[], None]] = []
         self._in_transaction = False
+        # None: no batch; False: a batch is open but has not begun; True: begun.
+        self._batch: bool | None = None
         try:
             self._configure(durable)
             self._migrate(migrations)
@@ -129,31 +131,89 @@ class Database:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; roll back on any exception.
 
         Not reentrant: one transaction is one atomic unit of the engine.
+        Inside :meth:`batch` it is a savepoint instead: it is still all or
+        nothing, and becomes durable when the batch commits.
         """
         if self._in_transaction:
             raise RuntimeError("transactions do not nest")
+        if self._batch is not None:
+            with self._savepoint():
+                yield
+            return
         self.conn.execute("BEGIN IMMEDIATE")
         self._in_transaction = True
         try:
             yield
         except BaseException:
             self._in_transaction = False
-            try:
-                self.conn.execute("ROLLBACK")
-            finally:
-                for hook in self._rollback_hooks:
-                    hook()
+            self._rollback("ROLLBACK")
             raise
         else:
             self._in_transaction = False
-            try:
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if not self.conn.getautocommit():
-                    self.conn.execute("ROLLBACK")
-                for hook in self._rollback_hooks:
-                    hook()
-                raise
+            self._commit()
+
+    @contextlib.contextmanager
+    def _savepoint(self) -> Iterator[None]:
+        if not self._batch:
+            self.conn.execute("BEGIN IMMEDIATE")
+            self._batch = True
+        self.conn.execute("SAVEPOINT unit")
+        self._in_transaction = True
+        try:
+            yield
+        except BaseException:
+            self._in_transaction = False
+            self._rollback("ROLLBACK TO unit")
+            self.conn.execute("RELEASE unit")
+            raise
+        else:
+            self._in_transaction = False
+            self.conn.execute("RELEASE unit")
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group the transactions made inside into one commit (group commit).
+
+        For a synchronous stretch of work only: no other task may write
+        while a batch is open, since its writes would wait for this commit.
+        Each :meth:`transaction` inside stays atomic on its own (a
+        savepoint); an exception escaping the batch rolls all of it back.
+        ``BEGIN`` is issued lazily, so an unused batch costs nothing.
+        """
+        if self._batch is not None or self._in_transaction:
+            raise RuntimeError("a batch cannot be opened inside a transaction or batch")
+        self._batch = False  # open, nothing begun yet
+        try:
+            yield
+        except BaseException:
+            begun, self._batch = self._batch, None
+            if begun:
+                self._rollback("ROLLBACK")
+            raise
+        else:
+            begun, self._batch = self._batch, None
+            if begun:
+                self._commit()
+
+    def _commit(self) -> None:
+        try:
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if not self.conn.getautocommit():
+                self._rollback("ROLLBACK")
+            else:
+                self._run_rollback_hooks()
+            raise
+
+    def _rollback(self, statement: str) -> None:
+        try:
+            self.conn.execute(statement)
+        finally:
+            self._run_rollback_hooks()
+
+    def _run_rollback_hooks(self) -> None:
+        for hook in self._rollback_hooks:
+            hook()
 
     # -- queries --------------------------------------------------------------
 

@@ -268,3 +268,24 @@ async def test_power_changes_race() -> None:
     assert states[0] == states[1] == states[2]
     # state resolution applies the demotion first: the name is not authorised
     assert ("m.room.name", "") not in states[0]
+
+
+@trio_test
+async def test_a_transaction_is_decided_in_order_and_committed_together() -> None:
+    room = await make_room(2)
+    (a, b), rid = room.engines, room.room_id
+    ids = [await a.send_message(rid, room.users[0], {"body": str(i)}) for i in range(20)]
+    pdus = [a.store.load_event(i).get_pdu_json() for i in ids]  # type: ignore[union-attr]
+    forged = copy.deepcopy(pdus[5])
+    forged["origin_server_ts"] += 1  # bad signature: dropped, the rest unaffected
+    heard: list[str] = []
+    b.notifier.add_listener(lambda u: heard.append(u.event.event_id if u.event else ""))
+    room.net.requests.clear()
+    results = await b.receive_transaction(a.server_name, [*pdus[:10], forged, *pdus[10:]])
+    assert [r.event_id for r in results[:10] + results[11:]] == ids
+    assert results[10].status is None and results[10].reason.startswith("signature")  # type: ignore[union-attr]
+    assert all(r.accepted for i, r in enumerate(results) if i != 10)
+    assert room.net.requests == []  # nothing needed fetching
+    assert heard == ids
+    assert b.forward_extremities(rid) == [ids[-1]]
+    assert b.store.check_consistency() == []

@@ -90,3 +90,34 @@ def test_transaction_rolls_back_and_calls_hooks(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError), db.transaction(), db.transaction():
         pass
     db.close()
+
+
+def test_batch_groups_transactions_that_stay_atomic(tmp_path: Path) -> None:
+    db = Database(tmp_path / "rooms.db", migrations=[lambda c: c.execute("CREATE TABLE t (x)")])
+    hooks: list[str] = []
+    db.on_rollback(lambda: hooks.append("rolled back"))
+    with db.batch():
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (1)")
+        with pytest.raises(ValueError), db.transaction():
+            db.execute("INSERT INTO t VALUES (2)")
+            raise ValueError
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (3)")
+        # not committed yet: another connection sees nothing
+        other = apsw.Connection(str(tmp_path / "rooms.db"))
+        assert other.execute("SELECT COUNT(*) FROM t").fetchall() == [(0,)]
+    assert other.execute("SELECT x FROM t ORDER BY x").fetchall() == [(1,), (3,)]
+    assert hooks == ["rolled back"]
+    with pytest.raises(KeyError), db.batch():
+        with db.transaction():
+            db.execute("INSERT INTO t VALUES (4)")
+        raise KeyError
+    assert db.query("SELECT x FROM t ORDER BY x") == [(1,), (3,)]
+    with db.batch():
+        pass  # an unused batch begins nothing
+    assert db.conn.getautocommit()
+    with pytest.raises(RuntimeError), db.batch(), db.batch():
+        pass
+    other.close()
+    db.close()
