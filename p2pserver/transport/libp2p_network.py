@@ -545,6 +545,13 @@ class Libp2pNetwork(Network):
     def listen_addresses(self) -> list[str]:
         return list(self._listen_addrs)
 
+    @property
+    def host(self) -> IHost | None:
+        """The libp2p host while running (None otherwise), for services that
+        share it, such as the DHT (p2pserver.dht). They must wrap their
+        stream handlers the way this module does."""
+        return self._host
+
     def add_peer_address(self, server_name: str, addrs: Iterable[str]) -> None:
         if server_name == self.server_name:
             return

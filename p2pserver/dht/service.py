@@ -1,0 +1,480 @@
+"""The Kademlia DHT: peer routing and signed room records over py-libp2p's KadDHT.
+
+What it answers (see :mod:`.records` for the record formats):
+
+- ``find_peer(server_name)``: the addresses of a server, by Kademlia peer
+  routing on its PeerID (which the server name determines).
+- ``find_room_servers(room_id)``: the servers that published themselves as
+  joined to the room, with their addresses.
+- ``public_rooms()``: the merged public-room directory.
+
+Rules and theory of operation:
+
+- **Private namespace.** The DHT speaks ``/p2pserver/kad/1.0.0``, never
+  ``/ipfs/kad/1.0.0``, so it never mixes with the public IPFS DHT. KadDHT
+  0.8.1 takes a ``protocol_prefix`` argument but ignores it: five of its
+  modules import the constant ``PROTOCOL_ID`` by value. :func:`use_private_protocol`
+  rebinds that constant in each of them (process-wide, checked, idempotent);
+  every KadDHT in the process then uses our protocol.
+- **Only our records.** The validator is strict: only keys of our two
+  namespaces are accepted (no ``/pk`` or ``/ipns``), and a value must hold at
+  least one valid signed entry. Values are merged rather than replaced
+  (:class:`MergingValueStore`): the store keeps the union of what it is sent.
+  Because the store merges, ``select`` has nothing to choose and always takes
+  the newcomer.
+- **Reads merge too.** Instead of KadDHT.get_value (which answers from the
+  local store when it has any value and keeps only one remote value), a read
+  walks to the key's closest peers and merges what the first ``read_quorum``
+  of them hold, plus the local copy. Every entry is verified on the way
+  (:func:`~p2pserver.dht.records.decode_value`), so a forged one is dropped.
+- **Writes** merge the new entry into the local copy and send the merged
+  value to the key's ``k`` closest peers. A publisher republishes its present
+  entries every ``republish_interval`` (well inside the TTL) and when its
+  addresses change; leaving publishes a tombstone once and stops.
+- **Routing table.** KadDHT does not feed its routing table from
+  connections: callers hand peers in with :meth:`add_peer` (Discovery does
+  so for every connection). The first time the table goes from empty to
+  non-empty, and then at most every ``refresh_interval`` while it is
+  non-empty, one refresh (a self-lookup) fills it further.
+- **Cheap when idle.** KadDHT's own service loop (refresh every few minutes,
+  republishing, stale-peer pings) is not run; :meth:`run` does only the
+  work above plus dropping expired records. No lookups happen unless asked
+  for, or to republish.
+- **Defence.** The KAD stream handler is wrapped so no exception reaches
+  libp2p (it would kill the host); values over ``MAX_VALUE_BYTES`` and
+  entries over the caps are refused by :mod:`.records`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p.abc import IHost, INetStream
+from libp2p.custom_types import TProtocol
+from libp2p.kad_dht import common as kad_common
+from libp2p.kad_dht import kad_dht as kad_module
+from libp2p.kad_dht import peer_routing as kad_peer_routing
+from libp2p.kad_dht import provider_store as kad_provider_store
+from libp2p.kad_dht import value_store as kad_value_store
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.kad_dht.pb.kademlia_pb2 import Record
+from libp2p.kad_dht.utils import sort_peer_ids_by_distance
+from libp2p.kad_dht.value_store import ValueStore
+from libp2p.peer.id import ID
+from libp2p.records.record import make_signed_put_record
+from libp2p.records.validator import NamespacedValidator, Validator
+
+from p2pserver.dht import records
+from p2pserver.dht.records import Entry, RecordError
+from p2pserver.rooms.signing import SigningKey
+from p2pserver.transport.libp2p_network import peer_id_for_server_name
+
+logger = logging.getLogger(__name__)
+
+KAD_PROTOCOL_ID = TProtocol("/p2pserver/kad/1.0.0")
+_IPFS_KAD_PROTOCOL_ID = TProtocol("/ipfs/kad/1.0.0")
+_KAD_MODULES = (kad_common, kad_module, kad_peer_routing, kad_provider_store, kad_value_store)
+
+
+def use_private_protocol() -> None:
+    """Make every KadDHT in this process speak KAD_PROTOCOL_ID (see the module docstring)."""
+    for module in _KAD_MODULES:
+        current = getattr(module, "PROTOCOL_ID", None)
+        if current not in (_IPFS_KAD_PROTOCOL_ID, KAD_PROTOCOL_ID):
+            raise RuntimeError(
+                f"{module.__name__}.PROTOCOL_ID is {current!r}: py-libp2p changed, "
+                "revisit use_private_protocol"
+            )
+        module.PROTOCOL_ID = KAD_PROTOCOL_ID  # type: ignore[attr-defined]
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass(frozen=True)
+class DhtConfig:
+    """``mode``: "server" answers DHT queries, "client" only asks (phones on metered links)."""
+
+    mode: str = "server"
+    record_ttl: float = 3600.0
+    republish_interval: float = 1200.0
+    refresh_interval: float = 3600.0
+    maintenance_interval: float = 60.0
+    lookup_timeout: float = 30.0
+    read_quorum: int = 4
+    store_concurrency: int = 5
+
+
+# --- records in the libp2p store --------------------------------------------------------
+
+
+class RecordValidator(Validator):
+    """Accept a value if it holds at least one valid, unexpired signed entry."""
+
+    def validate(self, key: str, value: bytes) -> None:
+        if not records.decode_value(key, value, now_ms=now_ms()):
+            raise RecordError("no valid entry in the value")
+
+    def select(self, key: str, values: list[bytes]) -> int:
+        # The store merges (MergingValueStore), so the newcomer is always taken.
+        return len(values) - 1
+
+
+def make_validator() -> NamespacedValidator:
+    validator = RecordValidator()
+    return NamespacedValidator(
+        {records.ROOM_NAMESPACE: validator, records.PUBLIC_NAMESPACE: validator},
+        strict_validation=True,
+    )
+
+
+class MergingValueStore(ValueStore):
+    """A ValueStore that merges each value it is given into the one it holds.
+
+    The merged value is re-signed (libp2p's record signature) by this host,
+    since it is no longer the value any one sender signed; the entries keep
+    their own signatures. A record's validity is its last entry's expiry.
+    """
+
+    def put(self, key: bytes, value: bytes, validity: float = 0.0) -> None:
+        self._store_merged(key, [value], local=True)
+
+    def put_record(self, key: bytes, record: Record) -> None:
+        self._store_merged(key, [record.value], local=False)
+
+    def entries(self, key: str) -> list[Entry]:
+        record = self.get(key.encode("utf-8"))
+        if record is None:
+            return []
+        try:
+            return records.decode_value(key, record.value, now_ms=now_ms())
+        except RecordError:
+            return []
+
+    def _store_merged(self, key: bytes, values: list[bytes], *, local: bool) -> None:
+        key_str = key.decode("utf-8", "replace")
+        old = self.get(key)
+        if old is not None:
+            values = [old.value, *values]
+        merged = records.merge_values(key_str, values, now_ms=now_ms())
+        if not merged:
+            self.remove(key)
+            return
+        value = records.encode_value(merged)
+        record = make_signed_put_record(key, value, self.host.get_private_key())
+        record.timeReceived = kad_common.format_time_rfc3339()
+        self._evict_if_full()
+        self.store[key] = (record, max(e.expires_ts for e in merged) / 1000)
+        if local:
+            self.local_keys.add(key)
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Publication:
+    kind: str
+    room_id: str
+    summary: Mapping[str, Any] | None
+
+
+class DhtService:
+    """Our records and peer routing on one libp2p host. See the module docstring.
+
+    ``addresses``: where this node is reachable, for its entries (default:
+    the host's transport addresses). Call :meth:`run` (``await
+    nursery.start(dht.run)``) before anything else; once it returns, DHT
+    streams from peers are reset.
+    """
+
+    def __init__(
+        self,
+        host: IHost,
+        signing_key: SigningKey,
+        *,
+        config: DhtConfig | None = None,
+        addresses: Callable[[], Sequence[str]] | None = None,
+    ) -> None:
+        use_private_protocol()
+        self.config = config or DhtConfig()
+        if self.config.mode not in ("server", "client"):
+            raise ValueError('DHT mode must be "server" or "client"')
+        self.host = host
+        self.signing_key = signing_key
+        self.server_name = signing_key.server_name
+        self._addresses = addresses or self._host_addresses
+        mode = DHTMode.SERVER if self.config.mode == "server" else DHTMode.CLIENT
+        self.kad = KadDHT(
+            host,
+            mode,
+            validator=make_validator(),
+            validator_changed=True,
+            strict_validation=True,
+            enable_providers=False,
+        )
+        self.store = MergingValueStore(host=host, local_peer_id=host.get_id())
+        self.kad.value_store = self.store
+        if mode == DHTMode.SERVER:  # replace KadDHT's handler with a guarded one
+            host.set_stream_handler(KAD_PROTOCOL_ID, self._serve_stream)
+        self._published: dict[str, _Publication] = {}  # by identity key
+        self._published_addrs: tuple[str, ...] = ()
+        self._refresh_due = trio.Event()
+        self._last_refresh: float | None = None
+        self._running = False
+        self.lookups = 0
+        self.lookup_cpu = 0.0
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Maintenance until cancelled: refresh, republish, expire."""
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._refresher)
+                task_status.started()
+                while True:
+                    await trio.sleep(self.config.maintenance_interval)
+                    self.store.cleanup_expired()
+                    if self._published and tuple(self._addresses()) != self._published_addrs:
+                        await self._republish()
+        finally:
+            # The handler stays registered: removing it while a stream is being
+            # negotiated raises KeyError inside libp2p, which kills the host.
+            self._running = False
+
+    async def _refresher(self) -> None:
+        republish_at = trio.current_time() + self.config.republish_interval
+        while True:
+            with trio.move_on_at(republish_at):
+                await self._refresh_due.wait()
+                self._refresh_due = trio.Event()
+                await trio.sleep(1.0)  # let a burst of new peers arrive first
+                await self.refresh()
+                continue
+            republish_at = trio.current_time() + self.config.republish_interval
+            if self._last_refresh is None or (
+                trio.current_time() - self._last_refresh >= self.config.refresh_interval
+                and self.routing_table_size() > 0
+            ):
+                await self.refresh()
+            await self._republish()
+
+    async def _serve_stream(self, stream: INetStream) -> None:
+        try:
+            if self._running:
+                await self.kad.handle_stream(stream)
+                return
+        except Exception:
+            logger.exception("DHT stream handler failed")
+        with trio.CancelScope(shield=True), trio.move_on_after(2), suppress(Exception):
+            await stream.reset()
+
+    # --- routing table ----------------------------------------------------------------
+
+    def routing_table_size(self) -> int:
+        return self.kad.get_routing_table_size()
+
+    async def add_peer(self, server_name: str, addrs: Iterable[str] = ()) -> bool:
+        """Put a peer (e.g. one we just connected to) into the routing table.
+
+        ``addrs`` go into the peerstore first: the routing table only takes
+        peers with known addresses. A peer that announced (via identify) that
+        it does not serve the DHT is refused. Returns whether it was added.
+        """
+        try:
+            peer_id = peer_id_for_server_name(server_name)
+        except ValueError:
+            return False
+        maddrs = []
+        for addr in addrs:
+            try:
+                maddrs.append(multiaddr.Multiaddr(addr))
+            except Exception:
+                continue
+        if maddrs:
+            self.host.get_peerstore().add_addrs(peer_id, maddrs, 3600)
+        was_empty = self.routing_table_size() == 0
+        try:
+            added = bool(await self.kad.routing_table.add_peer(peer_id))
+        except Exception as e:
+            logger.debug("cannot add %s to the routing table: %s", server_name[:8], e)
+            return False
+        if added and was_empty and self._last_refresh is None:
+            self._refresh_due.set()
+        return added
+
+    async def refresh(self) -> None:
+        """One routing-table refresh (self-lookup and a lookup per non-empty bucket)."""
+        self._last_refresh = trio.current_time()
+        with trio.move_on_after(self.config.lookup_timeout * 2):
+            await self._timed(self.kad.refresh_routing_table())
+
+    # --- peer routing -------------------------------------------------------------------
+
+    async def find_peer(self, server_name: str) -> list[str]:
+        """Addresses of ``server_name`` (empty if the DHT does not know it)."""
+        peer_id = peer_id_for_server_name(server_name)
+        info = None
+        with trio.move_on_after(self.config.lookup_timeout):
+            info = await self._timed(self.kad.find_peer(peer_id))
+        if info is None:
+            return []
+        return list(dict.fromkeys(_without_peer_id(a) for a in info.addrs))
+
+    # --- records ------------------------------------------------------------------------
+
+    async def publish_room(self, room_id: str) -> int:
+        """Announce that we are in ``room_id`` (republished until unpublish_room)."""
+        return await self._publish(_Publication(records.KIND_ROOM, room_id, None))
+
+    async def unpublish_room(self, room_id: str) -> int:
+        """Announce that we left ``room_id``."""
+        return await self._unpublish(records.KIND_ROOM, room_id)
+
+    async def find_room_servers(self, room_id: str) -> list[Entry]:
+        """The present entries of ``room_id``'s record (ours included if published)."""
+        if not records.is_room_id(room_id):
+            raise ValueError(f"not a room ID: {room_id!r}")
+        entries = await self._read(records.room_key(room_id))
+        return [e for e in records.present(entries) if e.room_id == room_id]
+
+    async def publish_public_room(self, room_id: str, summary: Mapping[str, Any]) -> int:
+        """Put ``room_id`` with ``summary`` (a PublicRoomsChunk without room_id)
+        in the directory, republished until unpublish_public_room."""
+        return await self._publish(_Publication(records.KIND_PUBLIC_ROOM, room_id, dict(summary)))
+
+    async def unpublish_public_room(self, room_id: str) -> int:
+        return await self._unpublish(records.KIND_PUBLIC_ROOM, room_id)
+
+    async def public_rooms(self) -> list[Entry]:
+        """The directory's present entries, one per (room, publishing server)."""
+        return records.present(await self._read(records.DIRECTORY_KEY))
+
+    # --- machinery ---------------------------------------------------------------------
+
+    @staticmethod
+    def _key(kind: str, room_id: str) -> str:
+        return records.room_key(room_id) if kind == records.KIND_ROOM else records.DIRECTORY_KEY
+
+    def _entry(self, publication: _Publication, *, present: bool) -> dict[str, Any]:
+        if not records.is_room_id(publication.room_id):
+            raise ValueError(f"not a room ID: {publication.room_id!r}")
+        return records.make_entry(
+            self.signing_key,
+            kind=publication.kind,
+            room_id=publication.room_id,
+            addrs=records.advertised_addresses(self._addresses()),
+            now_ms=now_ms(),
+            ttl_ms=int(self.config.record_ttl * 1000),
+            present=present,
+            summary=publication.summary,
+        )
+
+    async def _publish(self, publication: _Publication) -> int:
+        entry = self._entry(publication, present=True)
+        self._published[f"{publication.kind}|{publication.room_id}"] = publication
+        return await self._write(self._key(publication.kind, publication.room_id), entry)
+
+    async def _unpublish(self, kind: str, room_id: str) -> int:
+        self._published.pop(f"{kind}|{room_id}", None)
+        tombstone = self._entry(_Publication(kind, room_id, None), present=False)
+        return await self._write(self._key(kind, room_id), tombstone)
+
+    async def _republish(self) -> None:
+        self._published_addrs = tuple(self._addresses())
+        for publication in list(self._published.values()):
+            try:
+                await self._write(
+                    self._key(publication.kind, publication.room_id),
+                    self._entry(publication, present=True),
+                )
+            except Exception as e:  # keep republishing the others
+                logger.warning("republishing %s failed: %s", publication.room_id, e)
+
+    async def _write(self, key: str, entry: dict[str, Any]) -> int:
+        """Merge ``entry`` into the local copy and store the result at the
+        key's closest peers; returns how many accepted it."""
+        key_bytes = key.encode("utf-8")
+        value = records.encode_raw_entries([entry])
+        self.store.put(key_bytes, value)
+        stored = 0
+        with trio.move_on_after(self.config.lookup_timeout):
+            closest = await self._timed(self.kad.peer_routing.find_closest_peers_network(key_bytes))
+            closest = [p for p in closest if p != self.host.get_id()]
+            limiter = trio.CapacityLimiter(self.config.store_concurrency)
+
+            async def store_at(peer: ID) -> None:
+                nonlocal stored
+                async with limiter:
+                    with trio.move_on_after(kad_common.QUERY_TIMEOUT):
+                        # sends the local (merged) record
+                        if await self.store._store_at_peer(peer, key_bytes, value):
+                            stored += 1
+
+            async with trio.open_nursery() as nursery:
+                for peer in closest:
+                    nursery.start_soon(store_at, peer)
+        logger.debug("stored %s at %d peers", key[:40], stored)
+        return stored
+
+    async def _read(self, key: str) -> list[Entry]:
+        """Merge the local copy with what the key's closest peers hold."""
+        key_bytes = key.encode("utf-8")
+        values: list[bytes] = []
+        local = self.store.get(key_bytes)
+        if local is not None:
+            values.append(local.value)
+        with trio.move_on_after(self.config.lookup_timeout):
+            closest = await self._timed(self.kad.peer_routing.find_closest_peers_network(key_bytes))
+            candidates = sort_peer_ids_by_distance(
+                key_bytes, [p for p in closest if p != self.host.get_id()]
+            )
+            answered = 0
+            while candidates and answered < self.config.read_quorum:
+                batch = candidates[: self.config.read_quorum - answered]
+                del candidates[: len(batch)]
+                found: list[bytes] = []
+
+                async def ask(peer: ID, found: list[bytes] = found) -> None:
+                    with trio.move_on_after(kad_common.QUERY_TIMEOUT):
+                        result = await self.store._get_from_peer(
+                            peer, key_bytes, return_record=True
+                        )
+                        if isinstance(result, Record) and result.value:
+                            found.append(result.value)
+
+                async with trio.open_nursery() as nursery:
+                    for peer in batch:
+                        nursery.start_soon(ask, peer)
+                answered += len(found)
+                values.extend(found)
+        return records.merge_values(key, values, now_ms=now_ms())
+
+    async def _timed(self, awaitable: Any) -> Any:
+        """Count a lookup and the CPU time the process spent during it."""
+        cpu = time.process_time()
+        try:
+            return await awaitable
+        finally:
+            self.lookups += 1
+            self.lookup_cpu += time.process_time() - cpu
+
+    def _host_addresses(self) -> list[str]:
+        return [_without_peer_id(a) for a in self.host.get_addrs()]
+
+
+def _without_peer_id(maddr: multiaddr.Multiaddr) -> str:
+    """The address without its trailing ``/p2p/<PeerID>`` (the server name says who)."""
+    text = str(maddr)
+    head, sep, _peer = text.rpartition("/p2p/")
+    return head if sep else text

@@ -1,0 +1,296 @@
+"""mDNS on the LAN: advertise this node and find the others, with zeroconf.
+
+Service type ``_p2pserver._tcp.local.``; one instance per node, named by the
+first 32 hex digits of its server name (a DNS label holds at most 63 bytes,
+a server name has 64 characters). The TXT record says who and where:
+
+- ``sn``: the full server name; ``a0`` .. ``a7``: dialable multiaddrs
+  (``/ip4/<concrete IP>/tcp/<port>``, never a wildcard; loopback only when
+  nothing else exists, see :func:`~p2pserver.dht.records.advertised_addresses`);
+- ``kid``, ``sig``: an ed25519 signature by the server name's key
+  (:func:`sign_json` over ``{"kind": "p2pserver.mdns", "server_name",
+  "addrs"}``). A neighbour cannot advertise itself under someone else's
+  name, so "who is around" lists no phantoms. (Dialling is safe either way:
+  the Noise handshake proves the PeerID.)
+
+Threads and trio. zeroconf is synchronous and runs its own threads; its
+calls block (registration probes the LAN for about 1.5 s). So every
+zeroconf call that may block runs in ``trio.to_thread.run_sync``, and the
+browser's callbacks, which arrive on zeroconf's thread, only hand the event
+to trio with ``TrioToken.run_sync_soon`` and return. Resolving a service
+(reading its TXT record) then runs in a worker thread started from trio,
+one per instance at a time. The trio loop never blocks on zeroconf.
+
+Changes. Our own advertisement is recomputed every ``recheck_interval``
+seconds: when the listen addresses change, or an address's IP leaves every
+interface, the record is updated (or withdrawn when nothing is left). A
+peer's record that changes arrives as an update; a peer that leaves sends a
+goodbye (``on_lost`` at once) or, if it vanished, its records expire after
+``ttl`` seconds (120 by default, instead of mDNS's usual 75 minutes for
+service records) and zeroconf reports it removed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+import trio
+from zeroconf import (
+    InterfaceChoice,
+    IPVersion,
+    ServiceBrowser,
+    ServiceInfo,
+    ServiceStateChange,
+    Zeroconf,
+)
+
+from p2pserver.dht.records import advertised_addresses
+from p2pserver.rooms.errors import MatrixError
+from p2pserver.rooms.receipt import hex_server_keys
+from p2pserver.rooms.signing import SigningKey, server_name_verify_key, sign_json, verify_json
+
+logger = logging.getLogger(__name__)
+
+SERVICE_TYPE = "_p2pserver._tcp.local."
+SIGNED_KIND = "p2pserver.mdns"
+MAX_ADVERTISED = 8
+RESOLVE_TIMEOUT_MS = 3000
+
+
+@dataclass(frozen=True)
+class LanPeer:
+    """A verified advertisement: ``server_name`` listens at ``addrs``."""
+
+    server_name: str
+    addrs: tuple[str, ...]
+
+
+# --- the TXT record -------------------------------------------------------------------
+
+
+def _signed_object(server_name: str, addrs: Sequence[str]) -> dict[str, Any]:
+    return {"kind": SIGNED_KIND, "server_name": server_name, "addrs": list(addrs)}
+
+
+def encode_txt(signing_key: SigningKey, addrs: Sequence[str]) -> dict[str, str]:
+    """The TXT properties advertising ``addrs`` for ``signing_key``'s server."""
+    server_name = signing_key.server_name
+    addrs = list(addrs)[:MAX_ADVERTISED]
+    signed = sign_json(_signed_object(server_name, addrs), server_name, signing_key)
+    properties = {
+        "sn": server_name,
+        "kid": signing_key.key_id,
+        "sig": signed["signatures"][server_name][signing_key.key_id],
+    }
+    for i, addr in enumerate(addrs):
+        properties[f"a{i}"] = addr
+    return properties
+
+
+def decode_txt(properties: dict[bytes, bytes | None]) -> LanPeer | None:
+    """The advertisement in a TXT record, or None if it is malformed or forged."""
+    try:
+        text = {k.decode("ascii"): (v or b"").decode("utf-8") for k, v in properties.items()}
+    except UnicodeDecodeError:
+        return None
+    server_name = text.get("sn", "")
+    key_id = text.get("kid", "")
+    if server_name_verify_key(server_name) is None or not key_id.startswith("ed25519:"):
+        return None
+    addrs = [text[f"a{i}"] for i in range(MAX_ADVERTISED) if text.get(f"a{i}")]
+    signed = _signed_object(server_name, addrs)
+    signed["signatures"] = {server_name: {key_id: text.get("sig", "")}}
+    try:
+        verify_json(signed, server_name, hex_server_keys(server_name))
+    except MatrixError:
+        return None
+    return LanPeer(server_name, tuple(addrs))
+
+
+def _ip_of(addr: str) -> str | None:
+    parts = addr.split("/")
+    return parts[2] if len(parts) > 4 and parts[1] in ("ip4", "ip6") else None
+
+
+# --- the service ----------------------------------------------------------------------
+
+
+class Mdns:
+    """Advertise ``addresses()`` on the LAN and report peers that do the same.
+
+    ``on_found(peer)`` runs (in trio) for every new or changed advertisement,
+    ``on_lost(server_name)`` when one goes away; neither may block.
+    ``interface_ips()`` lists the IPs currently on the machine's interfaces.
+    """
+
+    def __init__(
+        self,
+        signing_key: SigningKey,
+        addresses: Callable[[], Sequence[str]],
+        *,
+        on_found: Callable[[LanPeer], None],
+        on_lost: Callable[[str], None],
+        interface_ips: Callable[[], Sequence[str]],
+        ttl: int = 120,
+        recheck_interval: float = 5.0,
+    ) -> None:
+        self.signing_key = signing_key
+        self.server_name = signing_key.server_name
+        self.instance_name = f"{self.server_name[:32]}.{SERVICE_TYPE}"
+        self._addresses = addresses
+        self._on_found = on_found
+        self._on_lost = on_lost
+        self._interface_ips = interface_ips
+        self.ttl = ttl
+        self.recheck_interval = recheck_interval
+        self.advertised: tuple[str, ...] = ()
+        self._zc: Zeroconf | None = None
+        self._info: ServiceInfo | None = None
+        self._names: dict[str, str] = {}  # instance name -> server name
+        self._resolving: dict[str, bool] = {}  # instance name -> resolve again after
+        self._nursery: trio.Nursery | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Advertise and browse until cancelled; says goodbye on the way out."""
+        self._token = trio.lowlevel.current_trio_token()
+        zc = await trio.to_thread.run_sync(_new_zeroconf)
+        self._zc = zc
+        browser: ServiceBrowser | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                browser = await trio.to_thread.run_sync(
+                    lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._from_zeroconf])
+                )
+                await self._readvertise()
+                task_status.started()
+                while True:
+                    await trio.sleep(self.recheck_interval)
+                    await self._readvertise()
+        finally:
+            self._nursery = None
+            with trio.CancelScope(shield=True):  # say goodbye even when cancelled
+                await trio.to_thread.run_sync(self._shutdown, browser)
+            self._zc = None
+
+    def _shutdown(self, browser: ServiceBrowser | None) -> None:
+        """Runs in a thread: goodbye, then close zeroconf."""
+        zc = self._zc
+        if zc is None:
+            return
+        try:
+            if browser is not None:
+                browser.cancel()
+            if self._info is not None:
+                zc.unregister_service(self._info)
+        except Exception as e:
+            logger.debug("mDNS goodbye failed: %s", e)
+        finally:
+            zc.close()
+
+    # --- advertising -------------------------------------------------------------------
+
+    def wanted_addresses(self) -> tuple[str, ...]:
+        """What we should advertise now: advertisable listen addresses on live IPs."""
+        live = set(self._interface_ips())
+        usable = [a for a in self._addresses() if _ip_of(a) in live]
+        return tuple(advertised_addresses(usable)[:MAX_ADVERTISED])
+
+    async def _readvertise(self) -> None:
+        wanted = self.wanted_addresses()
+        if wanted == self.advertised and (self._info is not None or not wanted):
+            return
+        old, self._info = self._info, None
+        new = self._service_info(wanted) if wanted else None
+        zc = self._zc
+        assert zc is not None
+
+        def apply() -> None:
+            if old is not None and new is not None:
+                zc.update_service(new)
+            elif old is not None:
+                zc.unregister_service(old)
+            elif new is not None:
+                zc.register_service(new, allow_name_change=False, cooperating_responders=True)
+
+        try:
+            await trio.to_thread.run_sync(apply)
+        except Exception as e:  # e.g. a name conflict: try again next round
+            logger.warning("mDNS advertisement failed: %s", e)
+            self._info = old
+            return
+        self._info = new
+        self.advertised = wanted
+        logger.info("mDNS: advertising %s", list(wanted) or "nothing")
+
+    def _service_info(self, addrs: Sequence[str]) -> ServiceInfo:
+        ips = list(dict.fromkeys(ip for a in addrs if (ip := _ip_of(a)) is not None))
+        port = int(addrs[0].split("/")[4])
+        return ServiceInfo(
+            SERVICE_TYPE,
+            self.instance_name,
+            port=port,
+            properties=encode_txt(self.signing_key, addrs),
+            server=f"{self.server_name[:32]}.local.",
+            parsed_addresses=ips,
+            host_ttl=self.ttl,
+            other_ttl=self.ttl,
+        )
+
+    # --- browsing --------------------------------------------------------------------
+
+    def _from_zeroconf(
+        self, zeroconf: Zeroconf, service_type: str, name: str, state_change: ServiceStateChange
+    ) -> None:
+        """Runs on zeroconf's thread: hand the event to trio and return at once."""
+        token = self._token
+        if token is None or name == self.instance_name:
+            return
+        with suppress(trio.RunFinishedError):  # trio has stopped: nobody to tell
+            token.run_sync_soon(self._on_browse_event, name, state_change)
+
+    def _on_browse_event(self, name: str, state_change: ServiceStateChange) -> None:
+        if self._nursery is None:
+            return
+        if state_change is ServiceStateChange.Removed:
+            server_name = self._names.pop(name, None)
+            if server_name is not None:
+                self._on_lost(server_name)
+            return
+        if name in self._resolving:
+            self._resolving[name] = True  # changed while resolving: once more after
+            return
+        self._resolving[name] = False
+        self._nursery.start_soon(self._resolve, name)
+
+    async def _resolve(self, name: str) -> None:
+        try:
+            while True:
+                zc = self._zc
+                if zc is None:
+                    return
+                info = await trio.to_thread.run_sync(
+                    zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS
+                )
+                peer = decode_txt(info.properties) if info is not None else None
+                if peer is None:
+                    logger.debug("mDNS: ignoring %s (unresolved, malformed or forged)", name)
+                elif peer.server_name != self.server_name and name.startswith(
+                    peer.server_name[:32]
+                ):
+                    self._names[name] = peer.server_name
+                    self._on_found(peer)
+                if not self._resolving.get(name):
+                    return
+                self._resolving[name] = False
+        finally:
+            self._resolving.pop(name, None)
+
+
+def _new_zeroconf() -> Zeroconf:
+    return Zeroconf(interfaces=InterfaceChoice.All, ip_version=IPVersion.V4Only)
