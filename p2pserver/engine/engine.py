@@ -42,7 +42,10 @@ event replaces its prev events, and any soft-failed or rejected events it
 points through), the current state (resolved across the forward
 extremities) and joined servers, and for local events the outbound queue.
 Listeners (:class:`~p2pserver.engine.notifier.Notifier`) hear of it after
-the commit.
+the commit. :meth:`RoomEngine.receive_transaction` decides the PDUs of a
+transaction that need nothing from a peer without yielding to other tasks
+and commits such a run at once (group commit, each event still atomic on
+its own), which roughly halves the database cost per event.
 
 Local events (:meth:`RoomEngine.send_event` and the membership helpers)
 take prev_events from the forward extremities (the deepest ten), auth

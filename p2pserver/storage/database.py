@@ -13,7 +13,9 @@ Rules:
   IMMEDIATE`` ... ``COMMIT``), so an event and everything derived from it
   commit together or not at all. A failed transaction rolls back and calls
   the registered rollback hooks, which drop in-memory caches that might now
-  describe rows that were never committed.
+  describe rows that were never committed. :meth:`Database.batch` groups
+  the transactions of a synchronous stretch into one commit (each one a
+  savepoint, still all or nothing on its own).
 - The schema is versioned with ``PRAGMA user_version``; the database is
   marked as ours with ``PRAGMA application_id``. :data:`MIGRATIONS` (in
   :mod:`p2pserver.storage.schema`) holds one step per version, each applied
