@@ -164,34 +164,21 @@ class StateGroups:
         self, room_id: str, base: int, delta: StateDelta, full: StateMap | None
     ) -> int:
         _, hops, chain_rows = self._group_info(base)
-        if full is None:
-            full = self._states.get(base)
-            if full is not None:
-                full = apply_delta(full, delta)
-        size = len(full) if full is not None else None
-        snapshot_rows = max(
-            size if size is not None else self._approx_size(base), _MIN_SNAPSHOT_ROWS
-        )
-        if hops + 1 > self.max_hops or chain_rows + len(delta) > snapshot_rows:
-            if full is None:
-                full = apply_delta(self.load(base), delta)
-            return self._insert_snapshot(room_id, full)
+        # One copy of the full map per new group: it becomes the cached state.
+        state = dict(full) if full is not None else apply_delta(self.load(base), delta)
+        if hops + 1 > self.max_hops or chain_rows + len(delta) > max(
+            len(state), _MIN_SNAPSHOT_ROWS
+        ):
+            return self._insert_snapshot(room_id, state, owned=True)
         group = self._insert_group(room_id, base, hops + 1, chain_rows + len(delta))
         self._insert_entries(group, delta)
-        if full is not None:
-            self._states.set(group, dict(full))
+        self._states.set(group, state)
         return group
 
-    def _approx_size(self, group: int) -> int:
-        state = self._states.get(group)
-        if state is not None:
-            return len(state)
-        return len(self.load(group))
-
-    def _insert_snapshot(self, room_id: str, state: StateMap) -> int:
+    def _insert_snapshot(self, room_id: str, state: StateMap, *, owned: bool = False) -> int:
         group = self._insert_group(room_id, None, 0, 0)
         self._insert_entries(group, state)
-        self._states.set(group, dict(state))
+        self._states.set(group, state if owned and isinstance(state, dict) else dict(state))
         return group
 
     def _insert_group(
