@@ -44,6 +44,7 @@ from collections.abc import Callable
 import apsw
 
 from p2pserver.storage.accounts import accounts_v1
+from p2pserver.storage.e2ee import e2ee_v1
 
 Migration = Callable[[apsw.Connection], None]
 
@@ -157,4 +158,4 @@ def _v1(conn: apsw.Connection) -> None:
     conn.execute(_V1)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1)
+MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1)
