@@ -25,7 +25,7 @@ def add_data_dir_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser("keys", help="create (on first use) and show the node identity")
     add_data_dir_option(parser)
     parser.add_argument("--json", action="store_true", help="print as JSON")
