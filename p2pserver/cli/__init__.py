@@ -15,7 +15,7 @@ from p2pserver import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from p2pserver.cli import keys, pdu, peers, replay, run, state
+    from p2pserver.cli import keys, pdu, peers, replay, run, sim, state
 
     parser = argparse.ArgumentParser(
         prog="p2pserver",
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"p2pserver {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (keys, pdu, state, replay, run, peers):
+    for module in (keys, pdu, state, replay, run, peers, sim):
         module.add_parser(sub)
     return parser
 
