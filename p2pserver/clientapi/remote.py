@@ -49,3 +49,34 @@ class Remote(Protocol):
     ) -> dict[str, Any]:
         """Another server's /publicRooms answer (``chunk``, ``next_batch``, ...)."""
         ...
+
+
+class E2eeRemote(Protocol):
+    """What end-to-end encryption asks of other nodes (:mod:`.keys`, :mod:`.devicelists`).
+
+    The federation layer's implementation is
+    :class:`p2pserver.e2ee.federation.FederationE2ee`. Each request raises
+    :class:`~p2pserver.rooms.errors.MatrixError` when the server refuses
+    (its errcode) or cannot be reached (``M_UNKNOWN``); the client API
+    bounds each call with its own timeout.
+    """
+
+    async def user_devices(self, server: str, user_id: str) -> dict[str, Any]:
+        """Federation ``/user/devices/{userId}``: ``{user_id, stream_id, devices, ...}``."""
+        ...
+
+    async def keys_query(
+        self, server: str, device_keys: Mapping[str, Sequence[str]]
+    ) -> dict[str, Any]:
+        """Federation ``/user/keys/query`` for that server's users."""
+        ...
+
+    async def keys_claim(
+        self, server: str, one_time_keys: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any]:
+        """Federation ``/user/keys/claim`` for that server's users."""
+        ...
+
+    def edus_queued(self) -> None:
+        """EDUs were put on the outbound queue: deliver them soon."""
+        ...

@@ -17,9 +17,19 @@ into a :class:`~p2pserver.clientapi.http.Response`:
    bug: logged, 500 M_UNKNOWN.
 
 It holds what the endpoints share: the room engine, the account store,
-typing and presence (in memory), UIA sessions, and the :class:`Wakeup`
-that long-polling /sync waits on (poked by the engine's notifier and by
-every account-stream or ephemeral write).
+the end-to-end encryption store, typing and presence (in memory), UIA
+sessions, and the :class:`Wakeup` that long-polling /sync waits on (poked
+by the engine's notifier and by every account-stream, to-device,
+device-list or ephemeral write).
+
+Toward the federation layer it is the node's
+:class:`~p2pserver.federation.queries.QueryHandler` (:meth:`ClientAPI.query_profile`,
+:meth:`~ClientAPI.user_devices`, :meth:`~ClientAPI.keys_query`,
+:meth:`~ClientAPI.keys_claim`) and gives the handlers of the EDUs it takes
+(:meth:`~ClientAPI.edu_handlers`, :meth:`~ClientAPI.e2ee_edu_handlers`);
+it reaches other nodes through the :class:`Remote` and
+:class:`E2eeRemote` hooks. :func:`p2pserver.e2ee.federation.connect`
+wires all of it to a node's federation.
 
 Start-up cost matters (a node must answer /versions within a second), so
 this package imports nothing heavy: no libp2p, no federation code.
@@ -32,7 +42,7 @@ import logging
 import secrets
 import string
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,13 +50,14 @@ import trio
 
 from p2pserver.clientapi.errors import ApiError, UserInteractiveAuth, error_body, status_for
 from p2pserver.clientapi.http import HttpServer, Request, Response
-from p2pserver.clientapi.remote import Remote
+from p2pserver.clientapi.remote import E2eeRemote, Remote
 from p2pserver.clientapi.routing import Ctx, Requester, Router, json_bytes
 from p2pserver.clientapi.streams import EphemeralCounter, Presence, StreamToken, Typing, Wakeup
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.storage.accounts import AccountStore, RoomReads
+from p2pserver.storage.e2ee import E2eeStore
 
 if TYPE_CHECKING:
     from p2pserver.node.config import NodeConfig
@@ -72,6 +83,7 @@ class ClientAPI:
         *,
         registration_open: bool = True,
         remote: Remote | None = None,
+        e2ee_remote: E2eeRemote | None = None,
         base_url: str | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -79,9 +91,11 @@ class ClientAPI:
         self.store = engine.store
         self.accounts = accounts or AccountStore(engine.store.db)
         self.reads = RoomReads(engine.store.db)
+        self.e2ee = E2eeStore(engine.store.db)
         self.server_name = engine.server_name
         self.registration_open = registration_open
         self.remote = remote
+        self.e2ee_remote = e2ee_remote
         self.base_url = base_url
         self.clock = clock
         self.wakeup = Wakeup()
@@ -95,6 +109,9 @@ class ClientAPI:
         # (user, room) -> (the inputs of its unread counts, the counts); see syncing.
         self.unread_counts: dict[tuple[str, str], tuple[Any, tuple[int, int]]] = {}
         engine.notifier.add_listener(self._on_room_update)
+        from p2pserver.clientapi import devicelists
+
+        engine.notifier.add_listener(lambda update: devicelists.on_room_update(self, update))
 
     # -- shared helpers ----------------------------------------------------------
 
@@ -107,6 +124,12 @@ class ClientAPI:
 
     def _on_room_update(self, update: RoomUpdate) -> None:
         self.poke()
+
+    def e2ee_changed(self, *, edus: bool = False) -> None:
+        """To-device messages or device lists changed; ``edus``: EDUs were queued for others."""
+        self.poke()
+        if edus and self.e2ee_remote is not None:
+            self.e2ee_remote.edus_queued()
 
     def receive_edu(self, origin: str, edu: Any) -> None:
         """An EDU from ``origin`` (typing, receipts, presence); see :mod:`.edus`."""
@@ -124,6 +147,46 @@ class ClientAPI:
             return handle
 
         return {t: handler(t) for t in ("m.typing", "m.receipt", "m.presence")}
+
+    def e2ee_edu_handlers(self) -> dict[str, Callable[[str, Mapping[str, Any]], Awaitable[None]]]:
+        """``{edu_type: async handler(origin, content)}`` of end-to-end encryption."""
+        from p2pserver.clientapi import devicelists, todevice
+
+        receivers = {
+            "m.direct_to_device": todevice.receive_direct_to_device,
+            "m.device_list_update": devicelists.receive_device_list_update,
+            "m.signing_key_update": devicelists.receive_signing_key_update,
+        }
+
+        def handler(
+            receive: Callable[[ClientAPI, str, Mapping[str, Any]], Awaitable[None]],
+        ) -> Callable[[str, Mapping[str, Any]], Awaitable[None]]:
+            async def handle(origin: str, content: Mapping[str, Any]) -> None:
+                await receive(self, origin, content)
+
+            return handle
+
+        return {t: handler(r) for t, r in receivers.items()}
+
+    async def user_devices(self, origin: str, user_id: str) -> dict[str, Any]:
+        """Federation ``/user/devices`` for a local user (M_NOT_FOUND if none)."""
+        from p2pserver.clientapi.keys import federation_user_devices
+
+        return federation_user_devices(self, user_id)
+
+    async def keys_query(self, origin: str, device_keys: Mapping[str, list[str]]) -> dict[str, Any]:
+        """Federation ``/user/keys/query`` for local users."""
+        from p2pserver.clientapi.keys import federation_keys_query
+
+        return federation_keys_query(self, device_keys)
+
+    async def keys_claim(
+        self, origin: str, one_time_keys: Mapping[str, Mapping[str, str]]
+    ) -> dict[str, Any]:
+        """Federation ``/user/keys/claim`` for local users."""
+        from p2pserver.clientapi.keys import federation_keys_claim
+
+        return federation_keys_claim(self, one_time_keys)
 
     async def query_profile(self, origin: str, user_id: str, field: str | None) -> dict[str, Any]:
         """Federation ``/query/profile`` for a local user (M_NOT_FOUND if none)."""
@@ -145,6 +208,16 @@ class ClientAPI:
         return StreamToken(
             self.engine.notifier.position, self.accounts.stream_position(), self.ephemeral.position
         )
+
+    def delete_devices(self, user_id: str, device_ids: Sequence[str]) -> None:
+        """Delete devices with their tokens and keys, telling whoever tracks the user."""
+        from p2pserver.clientapi import devicelists
+
+        with self.e2ee.atomic():
+            self.accounts.delete_devices(user_id, device_ids)
+            announced = [d for d in device_ids if self.e2ee.delete_device(user_id, d)]
+            if announced:
+                devicelists.devices_changed(self, user_id, announced, deleted=True)
 
     def is_local_user(self, user_id: str) -> bool:
         return user_id.startswith("@") and user_id.partition(":")[2] == self.server_name
@@ -209,10 +282,19 @@ class ClientAPI:
 
 
 def build_router() -> Router:
-    from p2pserver.clientapi import directory, rooms, session, startup, syncing
+    from p2pserver.clientapi import (
+        backup,
+        directory,
+        keys,
+        rooms,
+        session,
+        startup,
+        syncing,
+        todevice,
+    )
 
     router = Router()
-    for module in (session, rooms, syncing, startup, directory):
+    for module in (session, rooms, syncing, startup, directory, keys, todevice, backup):
         module.add_routes(router)
     return router
 

@@ -18,7 +18,9 @@ Rules:
   or full user ID) or the legacy top-level ``user``. A wrong user or
   password is the same 403 M_FORBIDDEN, so the answer does not tell which.
 - Each login makes (or reuses, with ``device_id``) a device with a fresh
-  access token; logout deletes the device and its token.
+  access token; logout deletes the device, its token and its end-to-end
+  keys and messages (:meth:`ClientAPI.delete_devices`, which tells the
+  servers tracking the user's devices, as does renaming a device with keys).
 - Changing a password and deleting devices need UIA with
   ``m.login.password`` for the requester's own account.
 
@@ -38,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pserver.clientapi import devicelists
 from p2pserver.clientapi.errors import ApiError, UserInteractiveAuth
 from p2pserver.clientapi.passwords import MAX_PASSWORD_BYTES, check_password, hash_password
 from p2pserver.clientapi.routing import V1_PREFIXES, Ctx, Router
@@ -253,13 +256,13 @@ async def register(ctx: Ctx) -> dict[str, Any]:
 
 
 async def logout(ctx: Ctx) -> dict[str, Any]:
-    ctx.api.accounts.delete_devices(ctx.user_id, [ctx.requester.device_id])
+    ctx.api.delete_devices(ctx.user_id, [ctx.requester.device_id])
     return {}
 
 
 async def logout_all(ctx: Ctx) -> dict[str, Any]:
     accounts = ctx.api.accounts
-    accounts.delete_devices(ctx.user_id, [d.device_id for d in accounts.devices(ctx.user_id)])
+    ctx.api.delete_devices(ctx.user_id, [d.device_id for d in accounts.devices(ctx.user_id)])
     return {}
 
 
@@ -286,7 +289,7 @@ async def change_password(ctx: Ctx) -> dict[str, Any]:
             for d in accounts.devices(ctx.user_id)
             if d.device_id != ctx.requester.device_id
         ]
-        accounts.delete_devices(ctx.user_id, others)
+        ctx.api.delete_devices(ctx.user_id, others)
     return {}
 
 
@@ -324,7 +327,10 @@ async def update_device(ctx: Ctx) -> dict[str, Any]:
     device = _own_device(ctx)
     name = _string(body, "display_name")
     if name is not None:
-        ctx.api.accounts.rename_device(ctx.user_id, device.device_id, name)
+        with ctx.api.e2ee.atomic():
+            ctx.api.accounts.rename_device(ctx.user_id, device.device_id, name)
+            if ctx.api.e2ee.device_keys(ctx.user_id, [device.device_id]):
+                devicelists.devices_changed(ctx.api, ctx.user_id, [device.device_id])
     return {}
 
 
@@ -334,7 +340,7 @@ async def delete_device(ctx: Ctx) -> dict[str, Any]:
     if ctx.api.accounts.device(ctx.user_id, device_id) is None:
         raise ApiError.of("M_NOT_FOUND", "no such device")
     await ctx.api.uia.check(ctx, f"delete_device {device_id}", [[PASSWORD]], user_id=ctx.user_id)
-    ctx.api.accounts.delete_devices(ctx.user_id, [device_id])
+    ctx.api.delete_devices(ctx.user_id, [device_id])
     return {}
 
 
@@ -346,7 +352,7 @@ async def delete_devices(ctx: Ctx) -> dict[str, Any]:
     await ctx.api.uia.check(
         ctx, "delete_devices " + " ".join(sorted(devices)), [[PASSWORD]], user_id=ctx.user_id
     )
-    ctx.api.accounts.delete_devices(ctx.user_id, devices)
+    ctx.api.delete_devices(ctx.user_id, devices)
     return {}
 
 

@@ -2,10 +2,10 @@
 
 Spec sections: "Profiles", "Client Config" (account data), "Push Rules"
 (``/pushrules``), "Presence", "Voice over IP" (``/voip/turnServer``),
-"Server-side key backups" (``/room_keys/version``), "Pushers" and "Third-party
-Networks". Some clients hang or retry forever when one of these is missing,
-so each answers as the spec says for a server without that feature: an
-empty TURN answer, M_NOT_FOUND for key backup, no pushers, no protocols.
+"Pushers" and "Third-party Networks". Some clients hang or retry forever
+when one of these is missing, so each answers as the spec says for a
+server without that feature: an empty TURN answer, no pushers, no
+protocols. (Key backup, ``/room_keys``, is :mod:`.backup`.)
 
 Rules:
 - A user changes only their own profile, account data, presence and push
@@ -62,7 +62,6 @@ def add_routes(router: Router) -> None:
     router.add("GET", "/presence/{userId}/status", get_presence)
     router.add("PUT", "/presence/{userId}/status", put_presence)
     router.add("GET", "/voip/turnServer", turn_server)
-    router.add("GET", "/room_keys/version", room_keys_version)
     router.add("GET", "/pushers", pushers)
     router.add("POST", "/pushers/set", set_pusher)
     router.add("GET", "/thirdparty/protocols", thirdparty_protocols)
@@ -343,10 +342,6 @@ async def put_presence(ctx: Ctx) -> dict[str, Any]:
 
 async def turn_server(ctx: Ctx) -> dict[str, Any]:
     return {}
-
-
-async def room_keys_version(ctx: Ctx) -> dict[str, Any]:
-    raise ApiError.of("M_NOT_FOUND", "no current backup version")
 
 
 async def pushers(ctx: Ctx) -> dict[str, Any]:

@@ -24,12 +24,16 @@ Rules, per room section:
 - ``invite`` / ``knock``: ``invite_state`` / ``knock_state``, stripped state.
 - A room with nothing to report on an incremental sync is left out.
 
-Global sections: ``account_data`` and ``presence`` (filtered), ``to_device``
-(empty: no end-to-end encryption yet), ``device_lists``,
-``device_one_time_keys_count`` and ``device_unused_fallback_key_types``.
+Global sections: ``account_data`` and ``presence`` (filtered), and the
+end-to-end encryption ones as gathered (:mod:`.todevice`,
+:mod:`.devicelists`, :mod:`.keys`): ``to_device`` (the device's messages),
+``device_lists`` (``changed`` and ``left``), ``device_one_time_keys_count``
+and ``device_unused_fallback_key_types``, always present.
 
-:func:`has_updates` says whether a response carries anything new, which is
-when a long-polling /sync returns before its timeout.
+:func:`has_updates` says whether a response carries anything new (room
+data, account data, presence, to-device messages or device-list changes,
+but not key counts, which are always there), which is when a
+long-polling /sync returns before its timeout.
 """
 
 from __future__ import annotations
@@ -94,6 +98,14 @@ class SyncInput:
     presence: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # True for an initial sync (no since): rooms are sent even when quiet.
     initial: bool = False
+    # End-to-end encryption: the device's to-device events, users whose
+    # devices changed / who share no encrypted room any more, the device's
+    # one-time key counts by algorithm and its unused fallback key algorithms.
+    to_device: Sequence[Mapping[str, Any]] = ()
+    device_lists_changed: Sequence[str] = ()
+    device_lists_left: Sequence[str] = ()
+    one_time_keys_count: Mapping[str, int] = field(default_factory=dict)
+    unused_fallback_key_types: Sequence[str] = ()
 
 
 class _Formatter:
@@ -223,18 +235,24 @@ def build_sync_response(inp: SyncInput) -> dict[str, Any]:
     ]
     if presence:
         response["presence"] = {"events": _limit(presence, presence_filter)}
-    response["to_device"] = {"events": []}
-    response["device_lists"] = {"changed": [], "left": []}
-    response["device_one_time_keys_count"] = {}
-    response["device_unused_fallback_key_types"] = []
+    response["to_device"] = {"events": [dict(e) for e in inp.to_device]}
+    response["device_lists"] = {
+        "changed": list(inp.device_lists_changed),
+        "left": list(inp.device_lists_left),
+    }
+    response["device_one_time_keys_count"] = dict(inp.one_time_keys_count)
+    response["device_unused_fallback_key_types"] = list(inp.unused_fallback_key_types)
     return response
 
 
 def has_updates(response: Mapping[str, Any]) -> bool:
     """Whether a response tells the client anything new (else a long-poll waits)."""
+    device_lists = response.get("device_lists", {})
     return bool(
         response.get("rooms")
         or response.get("account_data")
         or response.get("presence")
         or response.get("to_device", {}).get("events")
+        or device_lists.get("changed")
+        or device_lists.get("left")
     )

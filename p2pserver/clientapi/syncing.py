@@ -19,13 +19,20 @@ on an initial sync), at most the filter's limit (default 10); ``limited``
 when more lie between S and them, and ``prev_batch`` the point just before
 the first one. For a left room, the timeline ends at the leave.
 
+End-to-end encryption: the requesting device's to-device messages after
+``since`` (acknowledging those before, :func:`~.todevice.sync_to_device`;
+with more waiting than one response holds, ``next_batch``'s account
+position stops at the last one given), device-list changes between the
+tokens on an incremental sync (:func:`~.devicelists.changes_between`), and
+the device's key counts.
+
 Long-poll: with ``since`` and no ``full_state``, an answer with nothing new
 (:func:`~p2pserver.clientapi.sync.has_updates`) is not sent; the request
 waits until anything /sync may deliver changes (the client API's
 :class:`~p2pserver.clientapi.streams.Wakeup`: room events via the engine's
-notifier, account data, receipts, typing, presence) or ``timeout`` ms pass,
-and computes again. Typing timeouts also wake it. Either way ``next_batch``
-covers everything looked at.
+notifier, account data, receipts, typing, presence, to-device messages,
+device lists) or ``timeout`` ms pass, and computes again. Typing timeouts
+also wake it. Either way ``next_batch`` covers everything looked at.
 """
 
 from __future__ import annotations
@@ -35,8 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from p2pserver.clientapi.devicelists import changes_between
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.filters import DEFAULT_TIMELINE_LIMIT, Filter, parse_filter
+from p2pserver.clientapi.keys import key_counts
 from p2pserver.clientapi.pushrules import (
     RoomFacts,
     compile_ruleset,
@@ -52,6 +61,7 @@ from p2pserver.clientapi.sync import (
     build_sync_response,
     has_updates,
 )
+from p2pserver.clientapi.todevice import sync_to_device
 from p2pserver.clientapi.views import RoomViews
 from p2pserver.rooms.events import Event
 from p2pserver.rooms.power_levels import get_user_power_level
@@ -240,16 +250,38 @@ class SyncGatherer:
                 if record.status_msg is not None:
                     content["status_msg"] = record.status_msg
                 presence[user_id] = content
+        to_device, account_upto = sync_to_device(
+            api, self.user_id, self.device_id, since=since_token.account, upto=now.account
+        )
+        devices_changed, devices_left = (
+            ([], [])
+            if initial
+            else changes_between(
+                api,
+                self.user_id,
+                since_events=since_token.events,
+                since_account=since_token.account,
+                upto_events=now.events,
+                upto_account=account_upto,
+            )
+        )
         return build_sync_response(
             SyncInput(
                 user_id=self.user_id,
-                next_batch=str(now),
+                next_batch=str(StreamToken(now.events, account_upto, now.ephemeral)),
                 now_ms=api.now_ms(),
                 filter=self.filter,
                 rooms=rooms,
                 account_data=global_data,
                 presence=presence,
                 initial=initial,
+                to_device=to_device,
+                device_lists_changed=devices_changed,
+                device_lists_left=devices_left,
+                one_time_keys_count=key_counts(api, self.user_id, self.device_id),
+                unused_fallback_key_types=api.e2ee.unused_fallback_key_types(
+                    self.user_id, self.device_id
+                ),
             )
         )
 
@@ -285,13 +317,6 @@ class SyncGatherer:
                 return self.views.state_events(self.store.state_map(meta.state_before))
         return self.views.state_events(upto_state)
 
-    def _state_at(self, room_id: str, position: int) -> Mapping[Any, str] | None:
-        event_id = self.api.reads.last_event_at(room_id, position)
-        meta = self.store.event_meta(event_id) if event_id else None
-        if meta is None or meta.state_after is None:
-            return None
-        return self.store.state_map(meta.state_after)
-
     def _joined(
         self,
         member: Membership,
@@ -309,7 +334,7 @@ class SyncGatherer:
         state_at_start = self._state_at_start(timeline, current)
         state_at_since = None
         if since is not None and not full_state:
-            state_at_since = self._state_at(room_id, since.events)
+            state_at_since = self.views.state_at_stream(room_id, since.events)
         receipts = self.api.accounts.receipts(room_id, since.account if since else 0)
         receipts = [
             r for r in receipts if r.receipt_type != "m.read.private" or r.user_id == self.user_id
@@ -342,7 +367,7 @@ class SyncGatherer:
         state_at_start = self._state_at_start(timeline, at_leave)
         state_at_since = None
         if since is not None and not full_state:
-            state_at_since = self._state_at(room_id, since.events)
+            state_at_since = self.views.state_at_stream(room_id, since.events)
         return RoomSync(
             room_id=room_id,
             membership=member.membership,

@@ -72,6 +72,14 @@ class RoomViews:
             return current
         raise ApiError.of("M_FORBIDDEN", "you are not in this room")
 
+    def state_at_stream(self, room_id: str, position: int) -> StateMap | None:
+        """The room state after its last event at or before stream position ``position``."""
+        event_id = self.api.reads.last_event_at(room_id, position)
+        meta = self.store.event_meta(event_id) if event_id else None
+        if meta is None or meta.state_after is None:
+            return None
+        return self.store.state_map(meta.state_after)
+
     def _visibility(self, state: StateMap) -> str | None:
         event_id = state.get(HISTORY_VISIBILITY_KEY)
         event = self.store.load_event(event_id) if event_id else None

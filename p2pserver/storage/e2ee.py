@@ -30,7 +30,7 @@ Rules:
   (:meth:`E2eeStore.record_to_device_txn`).
 - Writes open their own transaction unless the caller holds one (as in
   :mod:`p2pserver.storage.accounts`), so a caller can make several of them,
-  and its outbound EDUs, one atomic unit.
+  and its outbound EDUs, one atomic unit with :meth:`E2eeStore.atomic`.
 
 Theory of the tables (schema step ``e2ee_v1``):
 - ``e2e_device_keys``: the identity keys a local device uploaded (JSON,
@@ -43,9 +43,9 @@ Theory of the tables (schema step ``e2ee_v1``):
 - ``e2e_signatures``: a user's signatures of *another* user's master key
   (made with their user-signing key), which only the signer may see.
 - ``e2e_device_list_changes``: per user (local or remote), the stream
-  position of the last change of their devices or cross-signing keys. For
-  a local user that position is also the ``stream_id`` of the
-  ``m.device_list_update`` EDU announcing it.
+  position of the last change of their devices or cross-signing keys, and
+  for a local user the ``stream_id`` of the last ``m.device_list_update``
+  EDU about them (the position of the change it announced; 0 if none).
 - ``e2e_remote_device_lists`` and ``e2e_remote_devices``: the cached device
   lists of remote users (``stream_id`` of the last update applied, and
   whether the cache is ``stale`` and must be fetched again).
@@ -131,7 +131,8 @@ CREATE TABLE e2e_signatures (
 
 CREATE TABLE e2e_device_list_changes (
     user_id TEXT PRIMARY KEY,
-    position INTEGER NOT NULL
+    position INTEGER NOT NULL,
+    stream_id INTEGER NOT NULL DEFAULT 0
 ) WITHOUT ROWID;
 CREATE INDEX e2e_device_list_changes_position ON e2e_device_list_changes(position);
 
@@ -250,7 +251,8 @@ class E2eeStore:
         self.db = db
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def atomic(self) -> Iterator[None]:
+        """One transaction, unless the caller already holds one."""
         if self.db.in_transaction:
             yield
         else:
@@ -281,7 +283,7 @@ class E2eeStore:
     def set_device_keys(self, user_id: str, device_id: str, keys: Mapping[str, Any]) -> bool:
         """Store a device's identity keys; True if they are new or differ from the stored ones."""
         text = _dumps(keys)
-        with self._write():
+        with self.atomic():
             row = self.db.query_one(
                 "SELECT key_json FROM e2e_device_keys WHERE user_id = ? AND device_id = ?",
                 (user_id, device_id),
@@ -297,7 +299,7 @@ class E2eeStore:
 
     def delete_device(self, user_id: str, device_id: str) -> bool:
         """Forget everything of a deleted device; True if it had identity keys."""
-        with self._write():
+        with self.atomic():
             had_keys = (
                 self.db.query_one(
                     "SELECT 1 FROM e2e_device_keys WHERE user_id = ? AND device_id = ?",
@@ -328,7 +330,7 @@ class E2eeStore:
         Re-uploading a stored key unchanged is a no-op; the same ID with other
         contents raises :class:`KeyConflict` and stores none of ``keys``.
         """
-        with self._write():
+        with self.atomic():
             for algorithm, key_id, key in keys:
                 row = self.db.query_one(
                     """SELECT key_json FROM e2e_one_time_keys WHERE user_id = ? AND device_id = ?
@@ -357,7 +359,7 @@ class E2eeStore:
         self, user_id: str, device_id: str, algorithm: str, key_id: str, key: Any
     ) -> None:
         """Replace the device's fallback key of ``algorithm`` (unused again unless unchanged)."""
-        with self._write():
+        with self.atomic():
             row = self.db.query_one(
                 """SELECT key_id, key_json FROM e2e_fallback_keys WHERE user_id = ?
                    AND device_id = ? AND algorithm = ?""",
@@ -391,7 +393,7 @@ class E2eeStore:
         used). Devices with neither are left out. One transaction for all.
         """
         out: dict[tuple[str, str], tuple[str, Any]] = {}
-        with self._write():
+        with self.atomic():
             for user_id, device_id, algorithm in requests:
                 rows = self.db.query(
                     """DELETE FROM e2e_one_time_keys
@@ -425,7 +427,7 @@ class E2eeStore:
     def set_cross_signing_key(self, user_id: str, key_type: str, key: Mapping[str, Any]) -> None:
         if key_type not in CROSS_SIGNING_TYPES:
             raise ValueError(f"unknown cross-signing key type {key_type!r}")
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "INSERT OR REPLACE INTO e2e_cross_signing_keys (user_id, key_type, key_json) "
                 "VALUES (?, ?, ?)",
@@ -436,7 +438,7 @@ class E2eeStore:
         self, signer: str, target_user_id: str, target_key_id: str, key_id: str, signature: str
     ) -> None:
         """Keep ``signer``'s signature of another user's key (seen by ``signer`` only)."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """INSERT OR REPLACE INTO e2e_signatures
                    (signer, target_user_id, target_key_id, key_id, signature)
@@ -457,21 +459,27 @@ class E2eeStore:
 
     # -- device-list changes ---------------------------------------------------
 
-    def record_device_list_change(self, user_id: str) -> tuple[int, int | None]:
-        """A change of the user's devices or cross-signing keys: ``(position, previous)``."""
-        with self._write():
-            previous = self.device_list_position(user_id) or None
+    def record_device_list_change(self, user_id: str, *, announced: bool = False) -> int:
+        """A change of the user's devices or cross-signing keys; returns its position.
+
+        ``announced``: the change is announced by an ``m.device_list_update``
+        whose ``stream_id`` is that position (see :meth:`device_list_stream_id`).
+        """
+        with self.atomic():
             position = self._take_positions(1)
             self.db.execute(
-                "INSERT OR REPLACE INTO e2e_device_list_changes (user_id, position) VALUES (?, ?)",
-                (user_id, position),
+                """INSERT INTO e2e_device_list_changes (user_id, position, stream_id)
+                   VALUES (?1, ?2, CASE WHEN ?3 THEN ?2 ELSE 0 END)
+                   ON CONFLICT (user_id) DO UPDATE SET position = ?2,
+                   stream_id = CASE WHEN ?3 THEN ?2 ELSE stream_id END""",
+                (user_id, position, announced),
             )
-        return position, previous
+        return position
 
-    def device_list_position(self, user_id: str) -> int:
-        """The position of the user's last device-list change (0 if none)."""
+    def device_list_stream_id(self, user_id: str) -> int:
+        """The ``stream_id`` of the last ``m.device_list_update`` about the user (0 if none)."""
         row = self.db.query_one(
-            "SELECT position FROM e2e_device_list_changes WHERE user_id = ?", (user_id,)
+            "SELECT stream_id FROM e2e_device_list_changes WHERE user_id = ?", (user_id,)
         )
         return int(row[0]) if row else 0
 
@@ -482,6 +490,22 @@ class E2eeStore:
             for r in self.db.query(
                 """SELECT user_id FROM e2e_device_list_changes WHERE position > ?
                    AND position <= ?""",
+                (after, upto),
+            )
+        }
+
+    def rooms_with_membership_changes(self, after: int, upto: int) -> set[str]:
+        """Rooms with an accepted member or encryption event in stream positions ``(after, upto]``.
+
+        A read of the room engine's ``events`` table, like
+        :class:`p2pserver.storage.accounts.RoomReads`.
+        """
+        return {
+            r[0]
+            for r in self.db.query(
+                """SELECT DISTINCT room_id FROM events WHERE stream_ordering > ?
+                   AND stream_ordering <= ? AND status = 'accepted'
+                   AND type IN ('m.room.member', 'm.room.encryption')""",
                 (after, upto),
             )
         }
@@ -513,7 +537,7 @@ class E2eeStore:
     ) -> None:
         """Cache a snapshot of a remote user's devices ``(device_id, name, keys)``
         and cross-signing keys (type -> key), replacing what was cached."""
-        with self._write():
+        with self.atomic():
             self.forget_remote_device_list(user_id)
             self.db.execute(
                 "INSERT INTO e2e_remote_device_lists (user_id, stream_id, stale) VALUES (?, ?, 0)",
@@ -541,7 +565,7 @@ class E2eeStore:
         deleted: bool,
     ) -> None:
         """Apply one ``m.device_list_update`` to a cached device list."""
-        with self._write():
+        with self.atomic():
             if deleted:
                 self.db.execute(
                     "DELETE FROM e2e_remote_devices WHERE user_id = ? AND device_id = ?",
@@ -558,14 +582,15 @@ class E2eeStore:
                 (stream_id, user_id),
             )
 
-    def mark_remote_stale(self, user_id: str) -> None:
-        with self._write():
-            self.db.execute(
-                "UPDATE e2e_remote_device_lists SET stale = 1 WHERE user_id = ?", (user_id,)
+    def mark_remote_stale(self, user_ids: Iterable[str]) -> None:
+        with self.atomic():
+            self.db.executemany(
+                "UPDATE e2e_remote_device_lists SET stale = 1 WHERE user_id = ?",
+                [(u,) for u in user_ids],
             )
 
     def forget_remote_device_list(self, user_id: str) -> None:
-        with self._write():
+        with self.atomic():
             for table in (
                 "e2e_remote_device_lists",
                 "e2e_remote_devices",
@@ -577,7 +602,7 @@ class E2eeStore:
 
     def record_to_device_txn(self, user_id: str, device_id: str, txn_id: str, now: int) -> bool:
         """Remember a sendToDevice transaction ID; False if it was already used."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """INSERT OR IGNORE INTO e2e_to_device_txns (user_id, device_id, txn_id, ts)
                    VALUES (?, ?, ?, ?)""",
@@ -587,7 +612,7 @@ class E2eeStore:
 
     def first_receipt(self, origin: str, message_id: str, now: int) -> bool:
         """Remember a to-device EDU's ID; False if it was received before."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "DELETE FROM e2e_received_messages WHERE received_ts < ?",
                 (now - RECEIVED_RETENTION_MS,),
@@ -603,7 +628,7 @@ class E2eeStore:
         """Put ``(user_id, device_id, message)`` in local inboxes; returns the last position."""
         if not messages:
             return 0
-        with self._write():
+        with self.atomic():
             last = self._take_positions(len(messages))
             first = last - len(messages) + 1
             self.db.executemany(
@@ -626,7 +651,7 @@ class E2eeStore:
 
     def ack_to_device(self, user_id: str, device_id: str, upto: int) -> int:
         """Delete the device's messages at positions up to ``upto``; returns how many."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """DELETE FROM e2e_device_inbox WHERE user_id = ? AND device_id = ?
                    AND position <= ?""",
@@ -645,7 +670,7 @@ class E2eeStore:
 
     def create_backup(self, user_id: str, algorithm: str, auth_data: Mapping[str, Any]) -> int:
         """A new backup version (numbers are never reused); it becomes the current one."""
-        with self._write():
+        with self.atomic():
             row = self.db.query_one(
                 "SELECT MAX(version) FROM e2e_backup_versions WHERE user_id = ?", (user_id,)
             )
@@ -684,7 +709,7 @@ class E2eeStore:
         )
 
     def update_backup(self, user_id: str, version: int, auth_data: Mapping[str, Any]) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """UPDATE e2e_backup_versions SET auth_data = ? WHERE user_id = ?
                    AND version = ? AND deleted = 0""",
@@ -693,7 +718,7 @@ class E2eeStore:
 
     def delete_backup(self, user_id: str, version: int) -> None:
         """Mark the version deleted and drop its keys."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "UPDATE e2e_backup_versions SET deleted = 1 WHERE user_id = ? AND version = ?",
                 (user_id, version),
@@ -746,7 +771,7 @@ class E2eeStore:
         ]
         if not rows:
             return
-        with self._write():
+        with self.atomic():
             self.db.executemany(
                 """INSERT OR REPLACE INTO e2e_backup_keys (user_id, version, room_id, session_id,
                    first_message_index, forwarded_count, is_verified, session_data)
@@ -771,7 +796,7 @@ class E2eeStore:
             if session_id is not None:
                 sql += " AND session_id = ?"
                 args.append(session_id)
-        with self._write():
+        with self.atomic():
             self.db.execute(sql, args)
             if self.db.conn.changes():
                 self._bump_etag(user_id, version)
