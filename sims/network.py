@@ -45,7 +45,8 @@ Theory of operation:
 - LAN segments and mDNS. A segment lists its nodes. When a node starts, and
   every ``mdns_interval`` while it runs, it announces itself and asks; after
   one segment latency every running segment member with an up link learns
-  its address and it learns theirs. Each announcement and answer counts as
+  its address and it learns theirs, and it dials the ones it did not know
+  (as the node's discovery does). Each announcement and answer counts as
   one ``mdns`` packet of :data:`MDNS_PACKET_BYTES`.
 - The DHT model (:class:`DhtModel`). A running node publishes its record
   when it starts. A lookup from node Q walks ``ceil(log2 n)`` hops, where
@@ -73,7 +74,7 @@ import itertools
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -93,6 +94,7 @@ from p2pserver.transport.framing import (
 from p2pserver.transport.network import (
     DEFAULT_TIMEOUT,
     Network,
+    NetworkError,
     PeerUnreachable,
     RequestTimeout,
     TrafficCounters,
@@ -570,8 +572,12 @@ class SimHub:
             self.count_received(other, None, MDNS_PACKET_BYTES)
             self.count_sent(other, None, MDNS_PACKET_BYTES, "mdns")
             self.count_received(name, None, MDNS_PACKET_BYTES)
+            new = other not in node._known
             peer.add_peer_address(name, node.listen_addresses())
             node.add_peer_address(other, peer.listen_addresses())
+            if new and node._nursery is not None:
+                # As the node's discovery does: a new LAN neighbour is dialled at once.
+                node._nursery.start_soon(node.connect_quietly, other)
         self.schedule(segment.mdns_interval, self._mdns_round, node, segment)
 
 
@@ -673,6 +679,10 @@ class SimNetwork(Network):
 
     def known_peers(self) -> set[str]:
         return set(self._known)
+
+    async def connect_quietly(self, destination: str) -> None:
+        with suppress(NetworkError):
+            await self.connect(destination)
 
     async def connect(self, destination: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         check_timeout(timeout)
