@@ -204,6 +204,7 @@ class SimHub:
         keepalive_timeout: float = 30.0,
         connect_timeout: float = 30.0,
         dht: bool = False,
+        dht_k: int = DHT_K,
         track_links: bool = False,
     ) -> None:
         if partition_mode not in PARTITION_MODES:
@@ -222,7 +223,7 @@ class SimHub:
         self.retransmitted_frames = 0
         self.retransmitted_bytes = 0
         self.connection_resets = 0
-        self.dht: DhtModel | None = DhtModel(self, seeds) if dht else None
+        self.dht: DhtModel | None = DhtModel(self, seeds, k=dht_k) if dht else None
         self.segments: dict[str, Segment] = {}
         self._segment_of: dict[str, Segment] = {}
         self._latency_rng = seeds.rng("latency")
@@ -482,15 +483,14 @@ class SimHub:
             if conn is not None:
                 return conn
             dialling = self._dialling.get(key)
-            if dialling is None:
+            if dialling is not None:
+                await dialling.wait()  # the other end, or another task, is dialling this pair
+                continue
+            if dst in src._known:
                 break
-            await dialling.wait()  # the other end, or another task, is dialling this pair
-        if dst not in src._known:
             if self.dht is None or not await self.dht.lookup(src, dst):
                 raise PeerUnreachable(f"no known address for {dst}")
-            conn = self._connections.get(key)
-            if conn is not None:
-                return conn
+            # The lookup took time: look again for a connection or a dial.
         done = self._dialling[key] = trio.Event()
         try:
             return await self._dial(src, dst, key)

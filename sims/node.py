@@ -70,6 +70,10 @@ class SimNode:
     def __repr__(self) -> str:
         return f"<SimNode {self.index} {self.server_name[:8]}>"
 
+    def reopen_store(self) -> Store:
+        """Open the database file again (prefab set-up replaces it before the first start)."""
+        return self._open_store()
+
     def _open_store(self) -> Store:
         store = Store.open(self.db_path)
         if self.cache_events is not None:

@@ -281,16 +281,27 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(document: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The document with each dotted key set; a number indexes an array (``traffic.0.count``)."""
     out = copy.deepcopy(dict(document))
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        target = out
-        for part in parts[:-1]:
-            child = target.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ScenarioError(f"override {dotted}: {part} is not a table")
-            target = child
-        target[parts[-1]] = value
+        target: Any = out
+        for depth, part in enumerate(parts):
+            last = depth == len(parts) - 1
+            if isinstance(target, list):
+                if not part.isdigit() or int(part) >= len(target):
+                    raise ScenarioError(f"override {dotted}: no item {part} in that array")
+                if last:
+                    target[int(part)] = value
+                else:
+                    target = target[int(part)]
+            elif isinstance(target, dict):
+                if last:
+                    target[part] = value
+                else:
+                    target = target.setdefault(part, {})
+            else:
+                raise ScenarioError(f"override {dotted}: {parts[depth - 1]} is not a table")
     return out
 
 

@@ -42,6 +42,7 @@ import hashlib
 import math
 import os
 import resource
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
@@ -51,7 +52,9 @@ from typing import Any
 
 import trio
 
+from p2pserver.engine.engine import RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
+from p2pserver.federation.membership import build_template, fill_template
 from p2pserver.rooms.canonical_json import encode_canonical_json
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.transport.network import NetworkError
@@ -227,11 +230,14 @@ class Simulation:
         sc = self.scenario
         nursery.start_soon(self._ticker, sc.duration)
         nursery.start_soon(self._sampler)
+        if sc.room is not None and sc.room.setup == "prefab":
+            await self.prefab_room()
         await self._start_nodes(nursery)
         if self.discovery_watch_needed():
             nursery.start_soon(self._watch_discovery)
         if sc.room is not None:
-            nursery.start_soon(self._setup_room)
+            if sc.room.setup == "protocol":
+                nursery.start_soon(self._setup_room)
             nursery.start_soon(self._traffic)
         nursery.start_soon(self._timeline)
         await self.sleep_until(sc.duration)
@@ -321,6 +327,47 @@ class Simulation:
                 setup.start_soon(self.invite_and_join, self.nodes[i])
         ready = [i for i in room.members if self.nodes[i].is_joined(self.room_id)]
         self.log("room_ready", ready, f"{len(ready)} of {len(room.members)} members joined")
+
+    async def prefab_room(self) -> None:
+        """Build the room's first events once, on the creator; members start from a copy.
+
+        The creator's engine (no peers: nothing to fetch) creates the room;
+        each member's join is made the way a remote join is -- the creator's
+        ``make_join`` template, filled and signed with the member's key --
+        and received by the creator's engine with every check. Then each
+        member's database becomes a copy of the creator's: as if all the joins
+        had propagated, which is what a large room's history looks like to a
+        node that holds it. Only for ``storage = "disk"``.
+        """
+        room = self.scenario.room
+        assert room is not None
+        creator = self.nodes[room.creator]
+        assert creator.db_path is not None
+        engine = RoomEngine(creator.store, creator.key, clock=self.clock)
+        room_id = await engine.create_room(creator.user_id, self.power_request())
+        for i in room.members:
+            node = self.nodes[i]
+            template, version = build_template(
+                creator.store, room_id, node.user_id, "join", now_ms=self.clock()
+            )
+            event = fill_template(
+                template, version, node.key, server_name=node.server_name, now_ms=self.clock()
+            )
+            result = await engine.receive_pdu(node.server_name, event.get_pdu_json())
+            if not result.accepted:
+                raise RuntimeError(f"prefab join of node {i} refused: {result.reason}")
+        creator.store.close()
+        for i in room.members:
+            node = self.nodes[i]
+            assert node.db_path is not None
+            node.store.close()
+            shutil.copyfile(creator.db_path, node.db_path)
+            node.store = node.reopen_store()
+        creator.store = creator.reopen_store()
+        self.room_id = self.recorder.room_id = room_id
+        for node in self.nodes:
+            self.recorder.self_joined[node.index] = node.is_joined(room_id)
+        self.log("prefab_room", [room.creator], f"{room_id}: {len(room.members)} members joined")
 
     async def invite_and_join(self, node: SimNode, *, timeout: float | None = None) -> bool:
         """The creator invites ``node``'s user; once its server holds the invite, it joins."""
