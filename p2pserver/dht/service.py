@@ -34,8 +34,9 @@ Rules and theory of operation:
 - **Routing table.** KadDHT does not feed its routing table from
   connections: callers hand peers in with :meth:`add_peer` (Discovery does
   so for every connection). The first time the table goes from empty to
-  non-empty, and then at most every ``refresh_interval`` while it is
-  non-empty, one refresh (a self-lookup) fills it further.
+  non-empty, a lookup of our own ID (Kademlia's join) fills it further and
+  tells our neighbours about us; then every ``refresh_interval``, while it
+  is non-empty, a full refresh (a lookup per bucket) keeps it fresh.
 - **Cheap when idle.** KadDHT's own service loop (refresh every few minutes,
   republishing, stale-peer pings) is not run; :meth:`run` does only the
   work above plus dropping expired records. No lookups happen unless asked
@@ -74,7 +75,7 @@ from libp2p.records.validator import NamespacedValidator, Validator
 from p2pserver.dht import records
 from p2pserver.dht.records import Entry, RecordError
 from p2pserver.rooms.signing import SigningKey
-from p2pserver.transport.libp2p_network import peer_id_for_server_name
+from p2pserver.transport.libp2p_network import configure_libp2p_logging, peer_id_for_server_name
 
 logger = logging.getLogger(__name__)
 
@@ -205,6 +206,7 @@ class DhtService:
         addresses: Callable[[], Sequence[str]] | None = None,
     ) -> None:
         use_private_protocol()
+        configure_libp2p_logging()
         self.config = config or DhtConfig()
         if self.config.mode not in ("server", "client"):
             raise ValueError('DHT mode must be "server" or "client"')
@@ -259,7 +261,7 @@ class DhtService:
                 await self._refresh_due.wait()
                 self._refresh_due = trio.Event()
                 await trio.sleep(1.0)  # let a burst of new peers arrive first
-                await self.refresh()
+                await self.refresh(full=False)
                 continue
             republish_at = trio.current_time() + self.config.republish_interval
             if self._last_refresh is None or (
@@ -313,11 +315,22 @@ class DhtService:
             self._refresh_due.set()
         return added
 
-    async def refresh(self) -> None:
-        """One routing-table refresh (self-lookup and a lookup per non-empty bucket)."""
+    async def refresh(self, *, full: bool = True) -> None:
+        """Fill the routing table: a lookup of our own ID (Kademlia's join step)
+        and, if ``full``, one of a random ID in every non-empty bucket."""
         self._last_refresh = trio.current_time()
         with trio.move_on_after(self.config.lookup_timeout * 2):
-            await self._timed(self.kad.refresh_routing_table())
+            if full:
+                await self._timed(self.kad.refresh_routing_table())
+                return
+            own = self.host.get_id()
+            closest = await self._timed(
+                self.kad.peer_routing.find_closest_peers_network(own.to_bytes())
+            )
+            for peer_id in closest:
+                if peer_id != own:
+                    with suppress(Exception):
+                        await self.kad.routing_table.add_peer(peer_id)
 
     # --- peer routing -------------------------------------------------------------------
 

@@ -6,7 +6,9 @@ user directory and ``p2pserver peers``:
 
 - ``found_by``: every way the peer was learnt of (``mdns``, ``dht``,
   ``bootstrap``, ``connection``), in the order first seen.
-- ``nearby``: the peer is advertising itself on the LAN right now (mDNS).
+- ``nearby``: the peer is advertising itself on the LAN right now (mDNS),
+  at ``lan_addrs`` (its current advertisement; ``addrs`` also keeps older
+  addresses, newest first).
 - ``connected``: the network has an open connection to it.
 - ``last_seen_ms``: the last time any of the above said the peer was there
   (wall clock, milliseconds, for display).
@@ -42,6 +44,7 @@ class KnownPeer:
     found_by: list[str] = field(default_factory=list)
     addrs: list[str] = field(default_factory=list)
     nearby: bool = False
+    lan_addrs: tuple[str, ...] = ()
     connected: bool = False
     display_names: tuple[str, ...] = ()
 
@@ -51,6 +54,7 @@ class KnownPeer:
             "found_by": list(self.found_by),
             "addrs": list(self.addrs),
             "nearby": self.nearby,
+            "lan_addrs": list(self.lan_addrs),
             "connected": self.connected,
             "first_seen_ms": self.first_seen_ms,
             "last_seen_ms": self.last_seen_ms,
@@ -86,10 +90,13 @@ class PeerDirectory:
             peer.addrs = (new + [a for a in peer.addrs if a not in new])[:MAX_ADDRS]
         return peer
 
-    def set_nearby(self, server_name: str, nearby: bool, now_ms: int) -> None:
+    def set_nearby(
+        self, server_name: str, nearby: bool, now_ms: int, lan_addrs: Iterable[str] = ()
+    ) -> None:
         peer = self._peers.get(server_name)
         if peer is not None:
             peer.nearby = nearby
+            peer.lan_addrs = tuple(lan_addrs) if nearby else ()
             peer.last_seen_ms = max(peer.last_seen_ms, now_ms)
 
     def set_connected(self, server_name: str, connected: bool, now_ms: int) -> None:

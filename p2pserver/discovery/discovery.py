@@ -305,7 +305,7 @@ class Discovery:
     def _on_lan_peer(self, peer: LanPeer) -> None:
         """mDNS found or updated a neighbour: learn it and connect."""
         accepted = self._learn(peer.server_name, HOW_MDNS, peer.addrs)
-        self.directory.set_nearby(peer.server_name, True, _now_ms())
+        self.directory.set_nearby(peer.server_name, True, _now_ms(), peer.addrs)
         logger.info("mDNS: %s is nearby at %s", peer.server_name[:8], accepted)
         if accepted and peer.server_name not in self.network.connected_peers():
             self._dial_soon(peer.server_name)

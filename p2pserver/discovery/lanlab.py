@@ -98,6 +98,13 @@ class LanLab:
             _ip("-n", ns, "addr", "add", f"{ip}/24", "dev", inner)
             _ip("-n", ns, "link", "set", inner, "up")
 
+    def add_address(self, index: int, cidr: str) -> None:
+        """Give host ``index``'s interface another address (e.g. ``10.231.1.1/24``)."""
+        _ip("-n", self.namespaces[index], "addr", "add", cidr, "dev", f"{self._veth}a{index}")
+
+    def remove_address(self, index: int, cidr: str) -> None:
+        _ip("-n", self.namespaces[index], "addr", "del", cidr, "dev", f"{self._veth}a{index}")
+
     def popen(self, index: int, argv: list[str], **kwargs: Any) -> subprocess.Popen[Any]:
         """Start ``argv`` inside namespace ``index`` (killed when the lab closes)."""
         process = subprocess.Popen(["ip", "netns", "exec", self.namespaces[index], *argv], **kwargs)

@@ -23,15 +23,21 @@ one per instance at a time. The trio loop never blocks on zeroconf.
 
 Changes. Our own advertisement is recomputed every ``recheck_interval``
 seconds: when the listen addresses change, or an address's IP leaves every
-interface, the record is updated (or withdrawn when nothing is left). A
+interface, the record is updated (or withdrawn when nothing is left). When
+the machine's interface addresses change, zeroconf itself is restarted: it
+binds one socket per address at start and never revisits them (a removed
+address can take its only working multicast socket with it). A
 peer's record that changes arrives as an update; a peer that leaves sends a
 goodbye (``on_lost`` at once) or, if it vanished, its records expire after
 ``ttl`` seconds (120 by default, instead of mDNS's usual 75 minutes for
-service records) and zeroconf reports it removed.
+service records); known peers are resolved again every ``ttl / 4`` seconds
+(answered from zeroconf's cache while their records live, so a live peer
+costs one query per ``ttl``), and one that no longer answers is lost.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import suppress
@@ -149,6 +155,8 @@ class Mdns:
         self.recheck_interval = recheck_interval
         self.advertised: tuple[str, ...] = ()
         self._zc: Zeroconf | None = None
+        self._zc_ips: set[str] = set()  # the interface IPs zeroconf started with
+        self._browser: ServiceBrowser | None = None
         self._info: ServiceInfo | None = None
         self._names: dict[str, str] = {}  # instance name -> server name
         self._resolving: dict[str, bool] = {}  # instance name -> resolve again after
@@ -158,40 +166,57 @@ class Mdns:
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Advertise and browse until cancelled; says goodbye on the way out."""
         self._token = trio.lowlevel.current_trio_token()
-        zc = await trio.to_thread.run_sync(_new_zeroconf)
-        self._zc = zc
-        browser: ServiceBrowser | None = None
-        try:
-            async with trio.open_nursery() as nursery:
-                self._nursery = nursery
-                browser = await trio.to_thread.run_sync(
-                    lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._from_zeroconf])
-                )
-                await self._readvertise()
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            try:
+                await self._start_zeroconf()
+                nursery.start_soon(self._watch_peers)
                 task_status.started()
                 while True:
                     await trio.sleep(self.recheck_interval)
-                    await self._readvertise()
-        finally:
-            self._nursery = None
-            with trio.CancelScope(shield=True):  # say goodbye even when cancelled
-                await trio.to_thread.run_sync(self._shutdown, browser)
-            self._zc = None
+                    if set(self._interface_ips()) != self._zc_ips:
+                        await self._restart_zeroconf(nursery)
+                    else:
+                        await self._readvertise()
+            finally:
+                self._nursery = None
+                with trio.CancelScope(shield=True):  # say goodbye even when cancelled
+                    await self._stop_zeroconf()
 
-    def _shutdown(self, browser: ServiceBrowser | None) -> None:
-        """Runs in a thread: goodbye, then close zeroconf."""
-        zc = self._zc
-        if zc is None:
-            return
-        try:
-            if browser is not None:
-                browser.cancel()
-            if self._info is not None:
-                zc.unregister_service(self._info)
-        except Exception as e:
-            logger.debug("mDNS goodbye failed: %s", e)
-        finally:
-            zc.close()
+    async def _start_zeroconf(self) -> None:
+        self._zc_ips = set(self._interface_ips())
+        zc = await trio.to_thread.run_sync(_new_zeroconf)
+        self._zc = zc
+        self._browser = await trio.to_thread.run_sync(
+            lambda: ServiceBrowser(zc, SERVICE_TYPE, handlers=[self._from_zeroconf])
+        )
+        await self._readvertise()
+
+    async def _stop_zeroconf(self, *, goodbye: bool = True) -> None:
+        zc, browser, info = self._zc, self._browser, self._info
+        self._zc = self._browser = self._info = None
+        self.advertised = ()
+        if zc is not None:
+            await trio.to_thread.run_sync(_shutdown, zc, browser, info, goodbye)
+
+    async def _restart_zeroconf(self, nursery: trio.Nursery) -> None:
+        """The machine's addresses changed. zeroconf picks its sockets (one per
+        interface address) when it starts and never revisits them, so a lost
+        address can leave it with no working socket: start it afresh."""
+        logger.info("mDNS: interface addresses changed; restarting zeroconf")
+        before = dict(self._names)
+        self._names.clear()
+        # No goodbye: we are back at once, and neighbours would drop us meanwhile.
+        await self._stop_zeroconf(goodbye=False)
+        await self._start_zeroconf()
+        nursery.start_soon(self._forget_unseen, before)
+
+    async def _forget_unseen(self, before: dict[str, str]) -> None:
+        """Peers the new browser has not found again after a while are gone."""
+        await trio.sleep(max(5.0, 2 * self.recheck_interval))
+        for name, server_name in before.items():
+            if name not in self._names:
+                self._on_lost(server_name)
 
     # --- advertising -------------------------------------------------------------------
 
@@ -208,7 +233,8 @@ class Mdns:
         old, self._info = self._info, None
         new = self._service_info(wanted) if wanted else None
         zc = self._zc
-        assert zc is not None
+        if zc is None:
+            return
 
         def apply() -> None:
             if old is not None and new is not None:
@@ -255,6 +281,7 @@ class Mdns:
             token.run_sync_soon(self._on_browse_event, name, state_change)
 
     def _on_browse_event(self, name: str, state_change: ServiceStateChange) -> None:
+        logger.debug("mDNS: %s %s", state_change.name, name)
         if self._nursery is None:
             return
         if state_change is ServiceStateChange.Removed:
@@ -268,17 +295,38 @@ class Mdns:
         self._resolving[name] = False
         self._nursery.start_soon(self._resolve, name)
 
-    async def _resolve(self, name: str) -> None:
+    async def _watch_peers(self) -> None:
+        """Resolve every known peer now and then: one that vanished without a
+        goodbye stops answering once its records expire (``ttl``). zeroconf
+        would only report it removed when its PTR record expires, which it
+        stretches to at least 1125 s."""
+        while True:
+            await trio.sleep(max(1.0, self.ttl / 4))
+            for name in list(self._names):
+                if name not in self._resolving and self._nursery is not None:
+                    self._resolving[name] = False
+                    self._nursery.start_soon(self._resolve, name, True)
+
+    async def _resolve(self, name: str, liveness: bool = False) -> None:
         try:
             while True:
                 zc = self._zc
                 if zc is None:
                     return
-                info = await trio.to_thread.run_sync(
-                    zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS
-                )
+                try:
+                    info = await trio.to_thread.run_sync(
+                        zc.get_service_info, SERVICE_TYPE, name, RESOLVE_TIMEOUT_MS
+                    )
+                except Exception as e:  # zeroconf closed under us (a restart)
+                    logger.debug("mDNS: resolving %s failed: %s", name, e)
+                    info = None
                 peer = decode_txt(info.properties) if info is not None else None
-                if peer is None:
+                logger.debug("mDNS: %s resolved to %s", name, peer)
+                if info is None and liveness and self._zc is zc:
+                    server_name = self._names.pop(name, None)
+                    if server_name is not None:
+                        self._on_lost(server_name)
+                elif peer is None:
                     logger.debug("mDNS: ignoring %s (unresolved, malformed or forged)", name)
                 elif peer.server_name != self.server_name and name.startswith(
                     peer.server_name[:32]
@@ -290,6 +338,27 @@ class Mdns:
                 self._resolving[name] = False
         finally:
             self._resolving.pop(name, None)
+
+
+def _shutdown(
+    zc: Zeroconf, browser: ServiceBrowser | None, info: ServiceInfo | None, goodbye: bool
+) -> None:
+    """Runs in a thread: goodbye (or not), then close zeroconf."""
+    try:
+        if browser is not None:
+            browser.cancel()
+        if info is not None and goodbye:
+            zc.unregister_service(info)
+        elif info is not None and zc.loop is not None:
+            # close() says goodbye for every registered service: forget ours first.
+            async def forget() -> None:
+                zc.registry.async_remove(info)
+
+            asyncio.run_coroutine_threadsafe(forget(), zc.loop).result(timeout=2)
+    except Exception as e:
+        logger.debug("mDNS shutdown: %s", e)
+    finally:
+        zc.close()
 
 
 def _new_zeroconf() -> Zeroconf:

@@ -9,6 +9,7 @@ object per line on stdout:
 
 - ``started``: ``server_name``, ``addrs``, ``t`` (wall clock, seconds);
 - ``nearby`` / ``lost``: a peer appeared on / left the LAN (mDNS);
+  ``lan_addrs``: a nearby peer's advertised addresses changed;
 - ``connected``: the network connected to a peer;
 - ``pong``: a ``probe.ping`` request to a connected peer was answered,
   proving the discovered address works end to end;
@@ -60,7 +61,12 @@ async def probe(args: argparse.Namespace) -> None:
         return {"server_name": key.server_name}
 
     network.set_request_handler(handler)
-    config = DiscoveryConfig(mdns=True, dht=not args.no_dht)
+    config = DiscoveryConfig(
+        mdns=True,
+        dht=not args.no_dht,
+        mdns_ttl=args.mdns_ttl,
+        mdns_recheck_interval=args.mdns_recheck,
+    )
     lag = [0.0]
     async with network.running(), trio.open_nursery() as nursery:
         nursery.start_soon(_loop_lag, lag)
@@ -68,7 +74,7 @@ async def probe(args: argparse.Namespace) -> None:
         await nursery.start(discovery.run)
         t0 = time.time()
         _emit(event="started", server_name=key.server_name, addrs=network.listen_addresses(), t=t0)
-        nearby: set[str] = set()
+        nearby: dict[str, tuple[str, ...]] = {}
         connected: set[str] = set()
         pinged: set[str] = set()
         pongs: set[str] = set()
@@ -78,7 +84,7 @@ async def probe(args: argparse.Namespace) -> None:
             try:
                 reply = await network.request(peer, "probe.ping", {}, timeout=10)
             except NetworkError as e:
-                _emit(event="ping_failed", peer=peer, error=str(e), after_s=time.time() - t0)
+                _emit(event="ping_failed", peer=peer, error=str(e))
                 pinged.discard(peer)
                 return
             if reply.get("server_name") == peer:
@@ -89,17 +95,19 @@ async def probe(args: argparse.Namespace) -> None:
             while done_at is None or time.time() < done_at:
                 for known in discovery.peers():
                     name = known.server_name
+                    after = round(time.time() - t0, 3)
                     if known.nearby and name not in nearby:
-                        nearby.add(name)
-                        _emit(
-                            event="nearby", peer=name, addrs=known.addrs, after_s=time.time() - t0
-                        )
+                        _emit(event="nearby", peer=name, addrs=known.lan_addrs, after_s=after)
+                    elif known.nearby and nearby[name] != known.lan_addrs:
+                        _emit(event="lan_addrs", peer=name, addrs=known.lan_addrs, after_s=after)
                     elif not known.nearby and name in nearby:
-                        nearby.discard(name)
-                        _emit(event="lost", peer=name, after_s=time.time() - t0)
+                        del nearby[name]
+                        _emit(event="lost", peer=name, after_s=after)
+                    if known.nearby:
+                        nearby[name] = known.lan_addrs
                     if known.connected and name not in connected:
                         connected.add(name)
-                        _emit(event="connected", peer=name, after_s=time.time() - t0)
+                        _emit(event="connected", peer=name, after_s=after)
                     if not known.connected:
                         connected.discard(name)
                     if known.connected and name not in pinged:
@@ -123,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--exit-after-pongs", type=int, default=0)
     parser.add_argument("--linger", type=float, default=3.0)
     parser.add_argument("--no-dht", action="store_true")
+    parser.add_argument("--mdns-ttl", type=int, default=120)
+    parser.add_argument("--mdns-recheck", type=float, default=5.0)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.verbose:
+        logging.getLogger("p2pserver.discovery").setLevel(logging.DEBUG)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         stream=sys.stderr,

@@ -1,0 +1,116 @@
+"""mDNS for real: discovery processes in network namespaces on a private bridge.
+
+The test builds its own LAN (:class:`~p2pserver.discovery.lanlab.LanLab`:
+namespaces, veths, a bridge; addresses 10.231.x.y that exist only inside
+it) and runs ``python -m p2pserver.discovery.probe`` in each namespace. It
+skips, saying why, only where namespaces cannot be created.
+"""
+
+from __future__ import annotations
+
+import json
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from p2pserver.discovery.lanlab import LanLab
+
+REPO = Path(__file__).resolve().parents[2]
+SECONDARY = "10.231.1.1/24"
+
+why_not = LanLab.unavailable()
+pytestmark = pytest.mark.skipif(why_not is not None, reason=f"no network namespaces: {why_not}")
+
+
+class Probe:
+    """A probe process and the JSON events it printed."""
+
+    def __init__(self, lab: LanLab, index: int, *args: str) -> None:
+        argv = [sys.executable, "-m", "p2pserver.discovery.probe", "--listen-ip", *args]
+        # stderr goes to a file: an undrained pipe would stall a chatty process
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the probe)
+        self.process = lab.popen(
+            index, argv, stdout=subprocess.PIPE, stderr=self.stderr, text=True, cwd=REPO
+        )
+        self.events: list[dict[str, Any]] = []
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self._queue.put(json.loads(line))
+        self._queue.put(None)
+
+    def wait_for(self, timeout: float, **match: Any) -> dict[str, Any]:
+        """The first event (already seen or to come) with these fields."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            for event in self.events[seen:]:
+                if all(event.get(k) == v for k, v in match.items()):
+                    return event
+            seen = len(self.events)
+            try:
+                event = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                event = None
+            if event is None:
+                self.stderr.seek(0)
+                stderr = self.stderr.read()[-3000:]
+                raise AssertionError(f"no event {match} in {timeout}s; got {self.events}\n{stderr}")
+            self.events.append(event)
+
+
+def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
+    with LanLab(3) as lab:
+        lab.add_address(0, SECONDARY)
+        ip_a2 = SECONDARY.split("/")[0]
+        common = ["--seconds", "60", "--mdns-ttl", "6", "--mdns-recheck", "0.5"]
+        a = Probe(lab, 0, lab.ips[0], "--listen-ip", ip_a2, *common)
+        b = Probe(lab, 1, lab.ips[1], *common)
+        name_a = a.wait_for(30, event="started")["server_name"]
+        name_b = b.wait_for(30, event="started")["server_name"]
+
+        # Each sees the other, connects through the advertised address, and talks.
+        seen_a = b.wait_for(15, event="nearby", peer=name_a)
+        assert sorted(seen_a["addrs"]) == sorted(a.wait_for(1, event="started")["addrs"]), (
+            "A advertises both concrete addresses"
+        )
+        assert all("0.0.0.0" not in addr for addr in seen_a["addrs"])
+        b.wait_for(15, event="pong", peer=name_a)
+        a.wait_for(15, event="nearby", peer=name_b)
+        a.wait_for(15, event="pong", peer=name_b)
+
+        # A third node joins later and is seen by both.
+        c = Probe(lab, 2, lab.ips[2], *common[:1], "12", *common[2:])
+        name_c = c.wait_for(30, event="started")["server_name"]
+        for probe in (a, b):
+            probe.wait_for(15, event="pong", peer=name_c)
+        c.wait_for(15, event="pong", peer=name_a)
+        c.wait_for(15, event="pong", peer=name_b)
+
+        # A's second address goes away: it re-advertises without it.
+        lab.remove_address(0, SECONDARY)
+        changed = b.wait_for(15, event="lan_addrs", peer=name_a)
+        assert all(ip_a2 not in addr for addr in changed["addrs"]) and changed["addrs"]
+
+        # C stops (goodbye): the others notice at once.
+        stopped = c.wait_for(30, event="stopped")
+        assert stopped["max_loop_lag_s"] < 0.5, "mDNS must never block the trio loop"
+        b.wait_for(10, event="lost", peer=name_c)
+
+        # A vanishes without a goodbye: its records expire (TTL 6 s here).
+        a.process.send_signal(signal.SIGKILL)
+        b.wait_for(30, event="lost", peer=name_a)
+
+        b.process.send_signal(signal.SIGINT)
+        b.process.wait(timeout=20)
