@@ -10,10 +10,16 @@
   computation), :mod:`.startup` (profiles, account data, push rules,
   presence and the other start-up calls), :mod:`.directory` (aliases,
   /publicRooms, user directory).
-- :mod:`.remote`: the hook through which the federation layer serves what
-  needs other nodes.
+- End-to-end encryption: :mod:`.keys` (device, one-time, fallback and
+  cross-signing keys), :mod:`.todevice` (send-to-device, exactly once),
+  :mod:`.devicelists` (device-list updates to and from other servers, and
+  for clients), :mod:`.backup` (``/room_keys``).
+- :mod:`.remote`: the hooks through which the federation layer serves what
+  needs other nodes (:class:`~.remote.Remote`, :class:`~.remote.E2eeRemote`;
+  :func:`p2pserver.e2ee.connect` wires them).
 
-Accounts are stored by :mod:`p2pserver.storage.accounts` in the node's one
+Accounts are stored by :mod:`p2pserver.storage.accounts` and end-to-end
+keys and messages by :mod:`p2pserver.storage.e2ee`, in the node's one
 database. Nothing here imports libp2p or the federation layer: a node can
 answer clients before its network is up.
 """
