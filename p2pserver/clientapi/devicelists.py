@@ -303,17 +303,20 @@ async def refresh(api: ClientAPI, user_id: str) -> bool:
 
 def on_room_update(api: ClientAPI, update: RoomUpdate) -> None:
     """Engine listener: membership changes make cached device lists stale."""
+    stale: set[str] = set()
     for event_type, state_key in update.state_delta:
         if event_type != MEMBER or not state_key.startswith("@"):
             continue
         if sender_server(state_key) != api.server_name:
-            api.e2ee.mark_remote_stale([state_key])
+            stale.add(state_key)
         elif api.store.current_membership(update.room_id, state_key) == "join":
             # A local user joined: the room's remote members may have changed
             # devices while nobody here shared a room with them.
-            api.e2ee.mark_remote_stale(
+            stale |= {
                 u for u in _joined(api, update.room_id) if sender_server(u) != api.server_name
-            )
+            }
+    if stale:
+        api.e2ee.mark_remote_stale(sorted(stale))
 
 
 # -- what clients are told ---------------------------------------------------------------
