@@ -5,7 +5,9 @@ of three positions, written ``s<events>_<account>_<ephemeral>``:
 
 - ``events``: the room event stream (the engine's stream orderings);
 - ``account``: account data and receipts
-  (:meth:`p2pserver.storage.accounts.AccountStore.stream_position`);
+  (:meth:`p2pserver.storage.accounts.AccountStore.stream_position`), and
+  the to-device messages and device-list changes that take positions on
+  the same counter (:mod:`p2pserver.storage.e2ee`);
 - ``ephemeral``: typing and presence, which live in memory only. Their
   counter starts at the wall clock in milliseconds, so it never goes back
   across a restart and an old token never hides a change.
