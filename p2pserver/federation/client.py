@@ -81,7 +81,9 @@ class FederationClient:
                 f"{method} to {destination[:8]}: {exc}", unreachable=True
             ) from None
         except FrameError as exc:  # our own request does not fit a frame
-            raise FederationError(f"{method} to {destination[:8]} cannot be sent: {exc}") from None
+            raise FederationError(
+                f"{method} to {destination[:8]} cannot be sent: {exc}", errcode="M_TOO_LARGE"
+            ) from None
 
     # -- the engine's PeerClient ---------------------------------------------------
 

@@ -47,7 +47,3 @@ class PeerKnowledge:
     def has_all(self, peer: str, room_id: str, event_ids: Iterable[str]) -> bool:
         held = self._held.get((peer, room_id))
         return held is not None and all(e in held for e in event_ids)
-
-    def forget_peer(self, peer: str) -> None:
-        for key in [k for k in self._held if k[0] == peer]:
-            del self._held[key]

@@ -24,6 +24,9 @@ Rules:
   at once with its backoff reset. A permanent refusal of a whole
   transaction (any other errcode) drops that batch, logged, rather than
   blocking the queue forever; the destination can still pull the events.
+  A transaction too large for a frame (``M_TOO_LARGE``, ours or theirs) is
+  retried at once as smaller ones, down to one item, which is dropped if
+  it alone is too large.
 - Every delivered event is recorded in :class:`PeerKnowledge`.
 """
 
@@ -91,7 +94,9 @@ class FederationSender:
         # Unique across restarts: the start time, then a counter.
         self._txn_ids = (f"{clock()}.{n}" for n in itertools.count(1))
         self._workers: set[str] = set()
-        self._txn_of: dict[str, tuple[int, str]] = {}  # destination -> (batch position, txn ID)
+        self._txn_of: dict[str, tuple[int, str]] = {}
+        # Destinations whose transactions had to shrink to fit a frame.
+        self._limit: dict[str, int] = {}  # destination -> (batch position, txn ID)
         self._backoff: dict[str, _Backoff] = {}
         self._wakeup = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -173,7 +178,12 @@ class FederationSender:
         try:
             while True:
                 await self._wait_out_backoff(destination)
-                batch = self.store.outbound.peek(destination)
+                limit = self._limit.get(destination)
+                batch = (
+                    self.store.outbound.peek(destination)
+                    if limit is None
+                    else self.store.outbound.peek(destination, max_pdus=limit, max_edus=limit)
+                )
                 if batch is None:
                     return  # no await since peek: a later enqueue wakes a new worker
                 pdus = self._wanted(destination, batch.pdus)
@@ -215,6 +225,12 @@ class FederationSender:
                 edus=edus,
             )
         except FederationError as exc:
+            if exc.errcode == "M_TOO_LARGE" and len(pdus) + len(edus) > 1:
+                # Too big for one frame: the same items in smaller transactions.
+                self._limit[destination] = max(1, max(len(pdus), len(edus)) // 2)
+                self._txn_of.pop(destination, None)
+                await trio.lowlevel.checkpoint()
+                return False
             if not exc.transient:
                 logger.warning(
                     "%s refused a transaction of %d PDUs, %d EDUs for good; dropping it: %s",
@@ -227,6 +243,7 @@ class FederationSender:
             self._failed(destination, exc)
             return False
         self._txn_of.pop(destination, None)
+        self._limit.pop(destination, None)
         self._succeeded(destination)
         self.transactions_sent += 1
         self.pdus_sent += len(pdus)
@@ -282,12 +299,3 @@ class FederationSender:
             if destination in push_targets(event, self.server_name, room, self.fanout):
                 wanted.append(pdu)
         return wanted
-
-    def targets_for(self, events: Iterable[Event]) -> dict[str, list[str]]:
-        """Our push targets per event (for tests and the docs' figures)."""
-        return {
-            e.event_id: push_targets(
-                e, self.server_name, room_servers(self.store, e.room_id), self.fanout
-            )
-            for e in events
-        }

@@ -270,3 +270,24 @@ def test_remote_join_through_a_resident_server():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_a_transaction_too_big_for_one_frame_goes_as_smaller_ones():
+    async def main():
+        _, (a, b) = cluster(2)
+        got: list[int] = []
+
+        async def on_blob(origin, content):
+            got.append(content["i"])
+
+        b.fed.on_edu("org.example.blob", on_blob)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b])
+            for i in range(40):  # 40 x 120 kB: more than one 4 MiB frame
+                a.fed.send_edu(b.server_name, "org.example.blob", {"i": i, "blob": "x" * 120_000})
+            await wait_until(lambda: len(got) == 40)
+            assert sorted(got) == list(range(40))
+            assert a.store.outbound.pending(b.server_name) == 0
+            nursery.cancel_scope.cancel()
+
+    run(main)
