@@ -79,6 +79,33 @@ def peer_id_from_public_key(public_key: bytes) -> str:
     return _base58(multihash)
 
 
+def public_key_from_peer_id(peer_id: str) -> bytes | None:
+    """The ed25519 public key inside a PeerID (the inverse of :func:`peer_id_from_public_key`).
+
+    None for anything else: another key type, a hashed (non-identity)
+    multihash, or text that is not base58btc.
+    """
+    try:
+        raw = _unbase58(peer_id)
+    except ValueError:
+        return None
+    if len(raw) != 38 or raw[:6] != b"\x00\x24\x08\x01\x12\x20":
+        return None
+    return raw[6:]
+
+
+def _unbase58(text: str) -> bytes:
+    number = 0
+    for char in text:
+        digit = _B58_ALPHABET.find(char)
+        if digit < 0:
+            raise ValueError(f"not base58: {char!r}")
+        number = number * 58 + digit
+    leading_zeros = len(text) - len(text.lstrip("1"))
+    body = number.to_bytes((number.bit_length() + 7) // 8, "big") if number else b""
+    return b"\0" * leading_zeros + body
+
+
 def _base58(data: bytes) -> str:
     number = int.from_bytes(data, "big")
     out = []

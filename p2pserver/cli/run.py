@@ -28,7 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "run",
         help="run the node",
-        description="Run the node: p2p networking, federation and storage, on embedded defaults.",
+        description="Run the node: the Matrix client API, p2p networking, federation and storage, on embedded defaults.",
     )
     add_data_dir_option(parser)
     parser.add_argument("--config", metavar="FILE", help="configuration file (TOML)")
@@ -48,6 +48,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="a peer to connect to, /ip4/<ip>/tcp/<port>/p2p/<PeerID> (repeatable)",
     )
     parser.add_argument(
+        "--client-listen",
+        metavar="HOST:PORT",
+        help="where the Matrix client API listens (default: 127.0.0.1:8008)",
+    )
+    parser.add_argument(
+        "--allow-remote-clients",
+        action="store_true",
+        default=None,
+        help="allow --client-listen on a non-loopback address (logs a warning)",
+    )
+    parser.add_argument(
         "--control-socket",
         metavar="PATH",
         help="serve the JSON Lines control interface (a test/dev tool) on this Unix socket",
@@ -64,9 +75,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
     from p2pserver.node.node import node_from_options
-    from p2pserver.transport.libp2p_network import configure_libp2p_logging
 
-    configure_libp2p_logging()
     try:
         node = node_from_options(
             resolve_data_dir(args.data_dir),
@@ -74,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
             p2p_port=args.p2p_port,
             bootstrap=args.bootstrap,
             listen=args.listen,
+            client_listen=args.client_listen,
+            allow_remote_clients=args.allow_remote_clients,
             control_socket=Path(args.control_socket) if args.control_socket else None,
         )
     except ConfigError as exc:
@@ -81,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         trio.run(_run_until_signalled, node)
-    except OSError as exc:
+    except (OSError, ConfigError) as exc:
         print(f"p2pserver run: {exc}", file=sys.stderr)
         return 1
     return 0

@@ -4,8 +4,10 @@
 the data directory holds the signing key (created on first start), the
 database and the remembered p2p port.
 
-Start-up, in order: the key and the database; the libp2p network
-(listening); federation (request handler, the outbound queue's sender
+Start-up, in order: the key and the database; the room engine and the
+client API (answering clients within a fraction of a second, while libp2p,
+slow to import, loads in a worker thread); the libp2p network (listening);
+federation, attached to the engine and the client API (request handler, the outbound queue's sender
 resuming whatever was queued before a stop or crash, the pull loop); the
 bootstrap peers, dialled now and re-dialled with backoff while not
 connected; the peers snapshot (:mod:`.status`); the control socket if
@@ -24,6 +26,7 @@ already durable, so SIGKILL loses nothing either.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import time
@@ -34,8 +37,17 @@ from typing import Any
 import multiaddr
 import trio
 
-from p2pserver.federation import Federation, FederationConfig, build_federation
-from p2pserver.identity import load_or_create_signing_key, peer_id_from_public_key
+from p2pserver.clientapi.server import ClientApiHandle, serve_client_api
+from p2pserver.e2ee import connect as connect_client_api
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.federation import Federation, FederationConfig
+from p2pserver.federation.client import FederationClient
+from p2pserver.federation.remote import FederationRemote
+from p2pserver.identity import (
+    load_or_create_signing_key,
+    peer_id_from_public_key,
+    public_key_from_peer_id,
+)
 from p2pserver.node.config import ConfigError, NodeConfig
 from p2pserver.node.control import ControlCommands, serve_control
 from p2pserver.node.status import write_status
@@ -50,25 +62,21 @@ BOOTSTRAP_RETRY_MAX = 60.0
 
 
 def parse_bootstrap(address: str) -> tuple[str, str]:
-    """``(server_name, address)`` for a ``.../p2p/<PeerID>`` multiaddr; ConfigError otherwise."""
-    from libp2p.peer.id import ID
+    """``(server_name, address)`` for a ``.../p2p/<PeerID>`` multiaddr; ConfigError otherwise.
 
-    from p2pserver.transport.libp2p_network import server_name_for_peer_id
-
+    Parsed without libp2p, so that reading the configuration stays fast.
+    """
     try:
         maddr = multiaddr.Multiaddr(address)
-        peer_id = maddr.value_for_protocol("p2p")
+        peer_id = str(maddr.value_for_protocol("p2p"))
     except Exception:
         raise ConfigError(
             f"bootstrap address {address!r} must be a multiaddr ending in /p2p/<PeerID>"
         ) from None
-    try:
-        server_name = server_name_for_peer_id(ID.from_base58(str(peer_id)))
-    except Exception:
-        server_name = None
-    if server_name is None:
+    public_key = public_key_from_peer_id(peer_id)
+    if public_key is None:
         raise ConfigError(f"bootstrap address {address!r}: {peer_id} is not an ed25519 PeerID")
-    return server_name, address
+    return public_key.hex(), address
 
 
 def listen_params(config: NodeConfig) -> tuple[list[str] | None, int | None]:
@@ -110,6 +118,7 @@ class Node:
         self.listen_ips, self.port = listen_params(config)
         self.bootstrap = [parse_bootstrap(a) for a in config.bootstrap]
         self._federation: Federation | None = None
+        self._client_api: ClientApiHandle | None = None
         self._bootstrap_wakeup = trio.Event()
 
     # -- what a running node offers ------------------------------------------------------------
@@ -171,36 +180,56 @@ class Node:
     # -- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        from p2pserver.transport.libp2p_network import Libp2pNetwork
-
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key, created = load_or_create_signing_key(self.data_dir)
         if created:
             logger.info("created a new node identity in %s", self.data_dir)
         store = Store.open(self.config.database_path)
         try:
-            network = Libp2pNetwork(
-                key, data_dir=self.data_dir, listen_ips=self.listen_ips, port=self.port
-            )
-            self._federation = build_federation(store, key, network, self.federation_config)
-            for server_name, address in self.bootstrap:
-                network.add_peer_address(server_name, [address])
-            async with network.running(), trio.open_nursery() as nursery:
-                await nursery.start(self.federation.run)
-                nursery.start_soon(self._keep_bootstrap_peers)
-                if self.control_socket is not None:
-                    await nursery.start(serve_control, self.control_socket, ControlCommands(self))
-                # Last: a snapshot with our pid means everything above is up.
-                nursery.start_soon(self._write_status, network.subscribe_peer_events())
-                logger.info(
-                    "node %s ready; listening on %s",
-                    self.server_name,
-                    " ".join(self.listen_addresses()),
+            # The engine first, with no peers yet, so the client API answers
+            # while libp2p (1-2 s to import) loads in a worker thread.
+            engine = RoomEngine(store, key)
+            async with trio.open_nursery() as nursery:
+                client_api = await nursery.start(
+                    serve_client_api, engine, None, self.config
                 )
-                task_status.started()
-                await trio.sleep_forever()
+                self._client_api = client_api
+                logger.info("client API at %s for server %s", client_api.url, engine.server_name)
+                libp2p_network = await trio.to_thread.run_sync(
+                    importlib.import_module, "p2pserver.transport.libp2p_network"
+                )
+                libp2p_network.configure_libp2p_logging()
+                network = libp2p_network.Libp2pNetwork(
+                    key, data_dir=self.data_dir, listen_ips=self.listen_ips, port=self.port
+                )
+                client = FederationClient(network)
+                engine.peers = client
+                federation = Federation(engine, network, client, self.federation_config)
+                self._federation = federation
+                client_api.api.remote = FederationRemote(federation)
+                connect_client_api(client_api.api, federation)
+                for server_name, address in self.bootstrap:
+                    network.add_peer_address(server_name, [address])
+                async with network.running():
+                    await nursery.start(federation.run)
+                    nursery.start_soon(self._keep_bootstrap_peers)
+                    if self.control_socket is not None:
+                        await nursery.start(
+                            serve_control, self.control_socket, ControlCommands(self)
+                        )
+                    # Last: a snapshot with our pid means everything above is up.
+                    nursery.start_soon(self._write_status, network.subscribe_peer_events())
+                    logger.info(
+                        "node %s ready; client API at %s; listening on %s",
+                        self.server_name,
+                        client_api.url,
+                        " ".join(self.listen_addresses()),
+                    )
+                    task_status.started()
+                    await trio.sleep_forever()
         finally:
             self._federation = None
+            self._client_api = None
             store.close()
             logger.info("node stopped")
 
@@ -248,6 +277,8 @@ def node_from_options(
     p2p_port: int | None = None,
     bootstrap: Sequence[str] = (),
     listen: Sequence[str] = (),
+    client_listen: str | None = None,
+    allow_remote_clients: bool | None = None,
     control_socket: Path | None = None,
 ) -> Node:
     """The node ``p2pserver run`` starts (ConfigError for bad settings)."""
@@ -259,5 +290,7 @@ def node_from_options(
         p2p_port=p2p_port,
         bootstrap=list(bootstrap),
         listen=list(listen),
+        client_listen=client_listen,
+        allow_remote_clients=allow_remote_clients,
     )
     return Node(config, control_socket=control_socket)

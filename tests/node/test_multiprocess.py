@@ -65,6 +65,7 @@ class NodeProcess:
             "--data-dir", str(self.data_dir),
             "--listen", f"/ip4/127.0.0.1/tcp/{self.port}",
             "--control-socket", str(self.socket),
+            "--client-listen", "127.0.0.1:0",
         ]  # fmt: skip
         for address in bootstrap:
             args += ["--bootstrap", address]
