@@ -19,7 +19,8 @@ An episode (``fuzzer.episode_length`` virtual seconds):
 3. ``ops_per_episode`` random operations at random times: messages, state
    and power-level changes, crashes and restarts (at most ``max_crashed`` of
    the nodes down at once), leaves, joins (rejoins, or invites then joins
-   for servers not in the room yet) and kicks.
+   for servers not in the room yet) and kicks, drawn with the weights of
+   :data:`OPS` (``fuzzer.weights`` changes them, e.g. ``{kick = 0}``).
 4. Heal: all links up, every crashed node restarted. Wait up to
    ``settle_timeout`` for convergence (see :mod:`sims.simulation`).
 
@@ -352,7 +353,10 @@ class ConvergeFuzzer(Simulation):
         return node.running and self.room_id is not None and node.is_joined(self.room_id)
 
     def random_op(self, rng: random.Random) -> None:
-        kind = rng.choices([k for k, _ in OPS], [w for _, w in OPS])[0]
+        weights = [self.spec.weights.get(k, w) for k, w in OPS]
+        if not any(weights):
+            return
+        kind = rng.choices([k for k, _ in OPS], weights)[0]
         n = len(self.nodes)
         actors = [i for i in range(n) if self.can_act(i)]
         crashed = [i for i in range(n) if not self.nodes[i].running]

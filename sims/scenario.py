@@ -211,6 +211,7 @@ class FuzzerSpec:
     admins: int = 3  # users 1..admins get power 100 (the creator is above every level)
     partitions: bool = True  # off: no cuts (the anti-vacuity check must then fail)
     conflicts: bool = True  # off: no forced same-key writes on both sides of a cut
+    weights: Mapping[str, int] = field(default_factory=dict)  # op -> weight, over the defaults
 
 
 @dataclass(frozen=True)
@@ -397,6 +398,22 @@ def select(
 
     add(spec)
     return tuple(out)
+
+
+FUZZ_OPS = ("message", "state", "power", "crash", "restart", "leave", "join", "kick")
+
+
+def _weights(raw: object) -> dict[str, int]:
+    if not isinstance(raw, Mapping):
+        raise ScenarioError("fuzzer.weights: expected a table of operation = weight")
+    out = {}
+    for op, weight in raw.items():
+        if op not in FUZZ_OPS:
+            raise ScenarioError(f"fuzzer.weights.{op}: operations are {', '.join(FUZZ_OPS)}")
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise ScenarioError(f"fuzzer.weights.{op}: expected an integer >= 0")
+        out[op] = weight
+    return out
 
 
 def _profile(table: _Table, base: LinkProfile | None = None) -> LinkProfile:
@@ -708,6 +725,7 @@ def parse_scenario(document: Mapping[str, Any], *, source: str = "<dict>") -> Sc
                 "admins",
                 "partitions",
                 "conflicts",
+                "weights",
             },
         )
         ops = zt.get("ops_per_episode", [4, 10])
@@ -736,6 +754,7 @@ def parse_scenario(document: Mapping[str, Any], *, source: str = "<dict>") -> Sc
             admins=zt.integer("admins", 3),
             partitions=zt.boolean("partitions", True),
             conflicts=zt.boolean("conflicts", True),
+            weights=_weights(zt.get("weights", {})),
         )
     elif "fuzzer" in document:
         raise ScenarioError('fuzzer: only for scenario.kind = "fuzzer"')

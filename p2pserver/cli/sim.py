@@ -53,6 +53,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     run.set_defaults(func=cmd_run)
     listing = commands.add_parser("list", help="list the built-in scenarios")
     listing.set_defaults(func=cmd_list)
+
     def usage(args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
@@ -144,6 +145,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _times(times: list[float | None]) -> str:
+    done = sorted(t for t in times if t is not None)
+    if not done:
+        return ""
+    return f", convergence time median {done[len(done) // 2]} s, max {done[-1]} s"
+
+
 def _print_headlines(summary: dict[str, Any], perf: dict[str, Any], out: Path | None) -> None:
     d = summary.get("delivery", {})
     t = summary.get("traffic", {})
@@ -155,7 +163,7 @@ def _print_headlines(summary: dict[str, Any], perf: dict[str, Any], out: Path | 
         f"messages {d.get('messages')}: delivery ratio {d.get('delivery_ratio')}, latency p50 "
         f"{d.get('latency_p50')} s, p99 {d.get('latency_p99')} s",
         f"traffic: {t.get('messages_sent'):,} frames, {t.get('bytes_sent', 0) / 1e6:,.1f} MB sent",
-        f"heals {c.get('heals')}, converged {c.get('converged')}, times {c.get('times')}",
+        f"heals {c.get('heals')}, converged {c.get('converged')}" + _times(c.get("times") or []),
     ]
     if "fuzzer" in summary:
         lines.append("fuzzer: " + json.dumps(summary["fuzzer"]))
