@@ -385,8 +385,8 @@ def select(
                     lo, hi = (int(p) for p in part.split("-", 1))
                     if lo > hi:
                         raise ScenarioError(f"{where}: empty range {part}")
-                    add(lo)
-                    add(hi)
+                    if hi >= count:
+                        raise ScenarioError(f"{where}: node {hi} out of range 0-{count - 1}")
                     out.update(dict.fromkeys(range(lo, hi + 1)))
                 else:
                     raise ScenarioError(f"{where}: {part!r} is not a node, range, 'all' or group")

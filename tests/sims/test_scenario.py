@@ -67,10 +67,14 @@ def test_overrides_are_dotted_toml_values():
         parse_override("nodes.count")
     with pytest.raises(ScenarioError, match="not a table"):
         apply_overrides({"nodes": 3}, {"nodes.count": 1})
-    scenario = load_scenario(
-        "outage", {"nodes.count": 6, "groups.left": "0-2", "groups.right": "3-5"}
-    )
-    assert scenario.nodes.count == 6
+    scenario = load_scenario("field-unit", {"nodes.count": 6, "traffic.0.rate": 1})
+    assert scenario.nodes.count == 6 and scenario.traffic[0].rate == 1.0
+    assert scenario.segments[0].nodes == tuple(range(6))
+    # Overrides are checked like the file: the outage's admins do not fit in 6 nodes.
+    with pytest.raises(ScenarioError, match="room.power.25-26: node 26 out of range 0-5"):
+        load_scenario("outage", {"nodes.count": 6, "groups.left": "0-2", "groups.right": "3-5"})
+    with pytest.raises(ScenarioError, match="no item 3"):
+        load_scenario("field-unit", {"traffic.3.rate": 1})
 
 
 @pytest.mark.parametrize(
