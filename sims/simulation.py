@@ -54,7 +54,7 @@ import trio
 
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
-from p2pserver.federation.membership import build_template, fill_template
+from p2pserver.federation.membership import fill_template
 from p2pserver.rooms.canonical_json import encode_canonical_json
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.transport.network import NetworkError
@@ -347,8 +347,8 @@ class Simulation:
         room_id = await engine.create_room(creator.user_id, self.power_request())
         for i in room.members:
             node = self.nodes[i]
-            template, version = build_template(
-                creator.store, room_id, node.user_id, "join", now_ms=self.clock()
+            template, version = engine.build_membership_template(
+                room_id, node.user_id, "join", now_ms=self.clock()
             )
             event = fill_template(
                 template, version, node.key, server_name=node.server_name, now_ms=self.clock()

@@ -38,9 +38,8 @@ from p2pserver.clientapi.routing import Ctx, Router
 from p2pserver.clientapi.streams import StreamToken
 from p2pserver.clientapi.sync import SyncEvent
 from p2pserver.clientapi.views import RoomViews
-from p2pserver.rooms.canonical_json import encode_canonical_json
-from p2pserver.rooms.errors import AuthError, MatrixError
-from p2pserver.rooms.validation import MAX_PDU_BYTES, is_valid_user_id
+from p2pserver.rooms.errors import AuthError
+from p2pserver.rooms.validation import is_valid_user_id
 from p2pserver.storage.accounts import AliasInUse
 
 if TYPE_CHECKING:
@@ -119,26 +118,6 @@ def _room_id(ctx: Ctx) -> str:
 def _require_joined(ctx: Ctx, room_id: str) -> None:
     if ctx.api.store.current_membership(room_id, ctx.user_id) != "join":
         raise ApiError.of("M_FORBIDDEN", "you are not joined to this room")
-
-
-# What a PDU holds besides its content, at most: room and sender IDs, 20
-# prev/auth event IDs, hashes, one signature, depth and timestamp.
-_PDU_OVERHEAD = 2048
-
-
-def _check_event_size(event_type: str, state_key: str | None, content: dict[str, Any]) -> None:
-    """Refuse content whose event would pass the spec's 65,536-byte PDU limit.
-
-    The engine builds local events without checking their size, and peers
-    drop a PDU over the limit, so the client gets 413 M_TOO_LARGE first.
-    """
-    try:
-        size = len(encode_canonical_json(content))
-    except MatrixError as exc:  # floats, out-of-range integers
-        raise ApiError.of("M_BAD_JSON", exc.message) from None
-    size += len(event_type.encode()) + len((state_key or "").encode()) + _PDU_OVERHEAD
-    if size > MAX_PDU_BYTES:
-        raise ApiError.of("M_TOO_LARGE", f"event over {MAX_PDU_BYTES} bytes")
 
 
 def _check_alias_syntax(alias: str) -> None:
@@ -303,7 +282,6 @@ async def send(ctx: Ctx) -> dict[str, Any]:
     if previous is not None:
         return {"event_id": previous}
     content = ctx.json()
-    _check_event_size(ctx.params["eventType"], None, content)
     event_id = await api.engine.send_event(room_id, ctx.user_id, ctx.params["eventType"], content)
     api.accounts.record_txn(ctx.user_id, device_id, txn_id, event_id, api.now_ms())
     return {"event_id": event_id}
@@ -315,7 +293,6 @@ async def put_state(ctx: Ctx) -> dict[str, Any]:
     event_type = ctx.params["eventType"]
     state_key = ctx.params.get("stateKey", "")
     content = ctx.json()
-    _check_event_size(event_type, state_key, content)
     if event_type == "m.room.canonical_alias":
         _check_canonical_alias(api, room_id, content)
     event_id = await api.engine.send_state(room_id, ctx.user_id, event_type, state_key, content)

@@ -180,6 +180,8 @@ class _StateBefore:
     group: int | None
     # Stored groups close to ``state``, to store it as a delta on.
     bases: Sequence[int]
+    # Part of ``state`` came from a peer: the state at prev events we lack.
+    gap: bool = False
 
 
 _EMPTY_STATE = _StateBefore({}, None, ())
@@ -288,7 +290,7 @@ class RoomEngine:
             return PduResult(None, None, f"format: {exc.message}")
         if self._lock(event.room_id).locked():
             return None  # another task is deciding events of this room
-        existing = self.store.event_meta(event.event_id)
+        existing = self._held_copy(event)
         if existing is not None and existing.status != EventStatus.OUTLIER:
             return PduResult.of(existing)
         if existing is not None or not self._holds_everything_for(event):
@@ -323,7 +325,9 @@ class RoomEngine:
         try:
             room_version = self._known_room_version(pdu)
             if room_version is None and hint is not None:
-                room_version = get_room_version(hint)
+                # An unknown room: the hint lets us check the format before
+                # asking anyone; the room's create event decides below.
+                parse_pdu(pdu, get_room_version(hint))
         except MatrixError as exc:
             raise _Dropped(None, f"format: {exc.message}") from None
         if room_version is None:
@@ -346,6 +350,13 @@ class RoomEngine:
             version = content.get("room_version", "1") if isinstance(content, Mapping) else None
             return get_room_version(version)
         return None
+
+    def _names_version(self, create: Event, room_version: RoomVersion) -> bool:
+        try:
+            named = self._known_room_version(create.pdu)
+        except MatrixError:
+            return False
+        return named is not None and named.identifier == room_version.identifier
 
     async def _discover_room(self, origin: str, pdu: Mapping[str, Any]) -> RoomVersion:
         """Learn an unknown room from its create event, fetched from ``origin``.
@@ -386,7 +397,7 @@ class RoomEngine:
         ``pulled``: the event came from /get_missing_events, so its own
         missing prev events are not asked for again (no recursion).
         """
-        existing = self.store.event_meta(event.event_id)
+        existing = self._held_copy(event)
         if existing is not None and existing.status != EventStatus.OUTLIER:
             return PduResult.of(existing)  # seen before: decided already
         if existing is None:
@@ -416,12 +427,124 @@ class RoomEngine:
         except _Dropped as exc:
             return PduResult(event.event_id, None, exc.reason)
 
+    def _held_copy(self, event: Event) -> EventMeta | None:
+        """What we hold of ``event``; a stripped copy is first replaced by ``event`` if it is whole.
+
+        A server may serve an event redacted (history visibility), which
+        receipt step 3 takes as a content hash mismatch: we store the
+        redacted copy. The same event ID with a verifying content hash is
+        the full event, and replaces it (:meth:`Store.replace_stripped`).
+        Rejected events stay as they are: never served, never used.
+        """
+        existing = self.store.event_meta(event.event_id)
+        if (
+            existing is None
+            or not existing.redacted
+            or event.redacted
+            or existing.status == EventStatus.REJECTED
+        ):
+            return existing
+        outcome = verify_event(event, self.keys)
+        if outcome.verdict is REJECT or outcome.event.redacted:
+            return existing
+        with self.store.transaction():
+            return self.store.replace_stripped(outcome.event)
+
     def _decide(
         self, event: Event, before: _StateBefore, existing: EventMeta | None = None
     ) -> PduResult:
         """Steps 4-6 and the commit, for an event whose state before is known."""
         status, reason = self._check_auth(event, before)
         return PduResult.of(self._commit(event, status, reason, before, existing=existing))
+
+    # -- joining through a resident server -----------------------------------
+
+    async def accept_send_join(
+        self,
+        origin: str,
+        join_pdu: object,
+        state_pdus: object,
+        auth_chain_pdus: object,
+        *,
+        room_version: RoomVersion | str,
+    ) -> PduResult:
+        """Take our join into a room from ``origin``'s ``send_join`` answer (spec: "Joining Rooms").
+
+        The answer's ``state`` is the state before the join and
+        ``auth_chain`` its auth chain. Every event of both is checked as on
+        receipt (format, signatures, content hash) and against the auth
+        rules on its own auth events (step 4), and stored as an outlier,
+        auth events first; the room's create event must name
+        ``room_version``. The state must then be a state of the room: one
+        event per key, each of them stored and not rejected, the create
+        event among them. The join is then decided like an event after a
+        gap whose state we took from a peer, which the spec allows and this
+        is: steps 4-6, step 5 against the resident's state. That it is the
+        state at the join's prev events cannot be checked without those
+        events; the auth rules and the resolution of step 6 against what we
+        already hold bound what a wrong one can do.
+
+        Returns the join's :class:`PduResult`; a bad answer drops the join
+        here (status None, with the reason), so another resident can be tried.
+        """
+        if not isinstance(join_pdu, Mapping):
+            return PduResult(None, None, "format: a PDU must be a JSON object")
+        try:
+            version = get_room_version(room_version)
+            event = parse_pdu(join_pdu, version)
+        except MatrixError as exc:
+            return PduResult(None, None, f"format: {exc.message}")
+        if (
+            event.type != "m.room.member"
+            or event.membership != "join"
+            or event.state_key != event.sender
+            or sender_server(event.sender) != self.server_name
+        ):
+            return PduResult(event.event_id, None, "not a join of a user of this server")
+        known = self.store.room_version(event.room_id)
+        if known is not None and known.identifier != version.identifier:
+            return PduResult(event.event_id, None, f"the room has version {known.identifier}")
+        if not isinstance(state_pdus, list) or not isinstance(auth_chain_pdus, list):
+            return PduResult(event.event_id, None, "send_join: state and auth_chain are lists")
+        async with self._lock(event.room_id):
+            existing = self._held_copy(event)
+            if existing is not None and existing.status != EventStatus.OUTLIER:
+                return PduResult.of(existing)
+            outcome = verify_event(event, self.keys)
+            if outcome.verdict is REJECT:
+                return PduResult(event.event_id, None, f"signature: {outcome.reason}")
+            event = outcome.event
+            self._store_outliers(version, event.room_id, [*auth_chain_pdus, *state_pdus])
+            try:
+                state = self._send_join_state(event, state_pdus)
+                before = _StateBefore(state, None, (), gap=True)
+                return self._decide(event, before, self.store.event_meta(event.event_id))
+            except _Dropped as exc:
+                return PduResult(event.event_id, None, exc.reason)
+
+    def _send_join_state(self, join: Event, pdus: list[Any]) -> StateMap:
+        """The state map of a ``send_join`` answer whose events were stored (see above)."""
+        room_id = join.room_id
+        state: dict[StateKey, str] = {}
+        for pdu in pdus:
+            try:
+                event = parse_pdu(pdu, join.room_version)
+            except MatrixError as exc:
+                raise _Dropped(join.event_id, f"send_join state: {exc.message}") from None
+            if event.room_id != room_id or event.state_key is None:
+                raise _Dropped(join.event_id, f"send_join state: {event.event_id} is no state here")
+            meta = self.store.event_meta(event.event_id)
+            if meta is None or meta.status == EventStatus.REJECTED:
+                raise _Dropped(
+                    join.event_id, f"send_join state: {event.event_id} failed its checks"
+                )
+            key = event.state_key_tuple
+            if state.setdefault(key, event.event_id) != event.event_id:
+                raise _Dropped(join.event_id, f"send_join state: two events for {key}")
+        record = self.store.room(room_id)
+        if record is None or state.get(CREATE_KEY) != record.create_event_id:
+            raise _Dropped(join.event_id, "send_join state: no m.room.create event of the room")
+        return state
 
     # -- step 4: the event's own auth events ----------------------------------
 
@@ -462,8 +585,15 @@ class RoomEngine:
                 event.event_id, "missing auth events: " + ", ".join(exc.event_ids)
             ) from None
 
-    def _auth_events_from_state(self, event: Event, state: StateMap) -> dict[StateKey, Event]:
-        """The auth events selection for ``event``, taken from ``state``."""
+    def auth_events_from_state(
+        self, event: Event, state: Mapping[StateKey, str]
+    ) -> dict[StateKey, Event]:
+        """The auth events selection for ``event`` (spec: "Auth events selection"), from ``state``.
+
+        What steps 5 and 6 check an event against, and what make_join
+        checks a template against. Keys ``state`` lacks, or whose events we
+        do not hold (or hold as rejected), are left out.
+        """
         keys = auth_types_for_event(
             event.room_version, event.type, event.sender, event.state_key, event.content
         )
@@ -488,7 +618,7 @@ class RoomEngine:
                 continue
             if event.room_id != room_id or event.event_id in fetched:
                 continue
-            if self.store.event_meta(event.event_id) is not None:
+            if self._held_copy(event) is not None:
                 continue
             outcome = verify_event(event, self.keys)
             if outcome.verdict is not REJECT:
@@ -502,6 +632,8 @@ class RoomEngine:
                     continue  # a second create event for a room we know: never used
                 if not event.is_create() and record is None:
                     continue  # without the create event nothing can be checked
+                if event.is_create() and not self._names_version(event, room_version):
+                    continue  # the create event decides the room's version
                 try:
                     check_auth_rules(event, self._own_auth_events(event))
                 except _Dropped:
@@ -533,7 +665,7 @@ class RoomEngine:
         groups = _state_after_groups(metas[p] for p in prevs if p not in missing)
         fetched = [await self._fetch_state_after(origin, event, p) for p in missing]
         state_sets = [self.store.state_map(g) for g in groups] + fetched
-        return _StateBefore(self._resolve(event, state_sets), None, groups)
+        return _StateBefore(self._resolve(event, state_sets), None, groups, gap=True)
 
     def _state_before_held(self, event: Event) -> _StateBefore:
         """The state before an event whose prev events are all held with their state."""
@@ -643,22 +775,47 @@ class RoomEngine:
             return EventStatus.REJECTED, f"auth events: {exc.message}"
         # 5. Against the state before the event (the rules are a pure
         #    function: the same events as in step 4 give the same verdict).
-        from_state = self._auth_events_from_state(event, before.state)
+        from_state = self.auth_events_from_state(event, before.state)
         if not _same_events(from_state, own_auth_events):
             try:
                 check_auth_rules(event, from_state)
             except AuthError as exc:
                 return EventStatus.REJECTED, f"state before the event: {exc.message}"
         # 6. Against the current state (no need when that is the state before).
-        current = record.current_state_group if record is not None else None
-        if current is not None and current != before.group:
+        current = self._current_state_for(event, before)
+        if current is not None:
             try:
-                check_auth_rules(
-                    event, self._auth_events_from_state(event, self.store.state_map(current))
-                )
+                check_auth_rules(event, self.auth_events_from_state(event, current))
             except AuthError as exc:
                 return EventStatus.SOFT_FAILED, f"current state: {exc.message}"
         return EventStatus.ACCEPTED, None
+
+    def _current_state_for(self, event: Event, before: _StateBefore) -> StateMap | None:
+        """The current state step 6 checks ``event`` against; None if it is the state before.
+
+        The current state is the state resolved across the forward
+        extremities. For an event after a gap (its state before came partly
+        from a peer) the new event is taken as one more forward extremity:
+        the state is resolved across ours *and* the state before it. Our own
+        current state may be stale (we missed what the gap holds: in a room
+        just discovered it is the create event alone), so judging the event
+        by it alone would soft fail legitimate events; and since a gap is
+        easy to forge, the state before it alone would let a banned user
+        back in. State resolution keeps what each side may legitimately
+        claim. (Synapse does the same.)
+        """
+        if before.gap:
+            extremities = self.store.event_metas(self.store.forward_extremities(event.room_id))
+            groups = _state_after_groups(extremities.values())
+            if not groups:
+                return None  # no DAG here yet: the state before is all there is
+            state_sets = [self.store.state_map(g) for g in groups]
+            return self._resolve(event, [*state_sets, before.state])
+        record = self.store.room(event.room_id)
+        current = record.current_state_group if record is not None else None
+        if current is None or current == before.group:
+            return None
+        return self.store.state_map(current)
 
     # -- persisting ------------------------------------------------------------
 
@@ -800,6 +957,8 @@ class RoomEngine:
             creator_profile=creator_profile,
         )
         room_id = created.room_id
+        for event in created.events:
+            _check_format(event)
         async with self._lock(room_id):
             if self.store.room(room_id) is not None:
                 raise MatrixError(f"room {room_id} already exists", errcode="M_ROOM_IN_USE")
@@ -867,6 +1026,36 @@ class RoomEngine:
         state_key: str | None,
         extra: Mapping[str, Any] | None,
     ) -> tuple[Event, _StateBefore]:
+        room_version, prevs, before, depth = self._next_position(room_id)
+        auth_ids = select_auth_event_ids(
+            room_version, event_type, sender, state_key, content, before.state
+        )
+        event = build_event(
+            room_version,
+            signing_key=self.signing_key,
+            server_name=self.server_name,
+            sender=sender,
+            type=event_type,
+            content=content,
+            room_id=room_id,
+            prev_events=prevs,
+            auth_events=auth_ids,
+            state_key=state_key,
+            depth=depth,
+            origin_server_ts=self.clock(),
+            extra=dict(extra) if extra else None,
+        )
+        _check_format(event)
+        return event, before
+
+    def _next_position(self, room_id: str) -> tuple[RoomVersion, list[str], _StateBefore, int]:
+        """Where a new event of ours goes: version, prev_events, the state before it, depth.
+
+        prev_events are the (at most ten) deepest forward extremities; the
+        state before is the current state, or the resolution of those
+        extremities' states when there are more; depth is one more than the
+        deepest prev event.
+        """
         record = self.store.room(room_id)
         extremities = self.store.forward_extremities(room_id)
         if record is None or record.current_state_group is None or not extremities:
@@ -882,25 +1071,42 @@ class RoomEngine:
             state_sets = [self.store.state_map(g) for g in groups]
             resolved = resolve_state(room_version, state_sets, self.store)
             before = _StateBefore(resolved, None, groups)
-        auth_ids = select_auth_event_ids(
-            room_version, event_type, sender, state_key, content, before.state
-        )
-        event = build_event(
-            room_version,
-            signing_key=self.signing_key,
-            server_name=self.server_name,
-            sender=sender,
-            type=event_type,
-            content=content,
-            room_id=room_id,
-            prev_events=prevs,
-            auth_events=auth_ids,
-            state_key=state_key,
-            depth=min(max(m.depth for m in metas.values()) + 1, MAX_DEPTH),
-            origin_server_ts=self.clock(),
-            extra=dict(extra) if extra else None,
-        )
-        return event, before
+        depth = min(max(m.depth for m in metas.values()) + 1, MAX_DEPTH)
+        return room_version, prevs, before, depth
+
+    def build_membership_template(
+        self, room_id: str, user_id: str, membership: str, *, now_ms: int | None = None
+    ) -> tuple[dict[str, Any], RoomVersion]:
+        """make_join / make_leave: the unsigned membership event of ``user_id`` and the room version.
+
+        Built as our own next event would be (:meth:`_next_position`), with
+        ``auth_events`` the spec's selection from the state before it. The
+        auth rules are checked first (signatures and hashes are the joining
+        server's to add): :class:`AuthError` (M_FORBIDDEN) if the user may
+        not take that membership now, :class:`NotFound` for a room whose DAG
+        we do not hold.
+        """
+        room_version, prevs, before, depth = self._next_position(room_id)
+        content = {"membership": membership}
+        template: dict[str, Any] = {
+            "type": "m.room.member",
+            "room_id": room_id,
+            "sender": user_id,
+            "state_key": user_id,
+            "content": content,
+            "depth": depth,
+            "prev_events": prevs,
+            "auth_events": select_auth_event_ids(
+                room_version, "m.room.member", user_id, user_id, content, before.state
+            ),
+            "origin_server_ts": self.clock() if now_ms is None else now_ms,
+        }
+        event = Event({**template, "hashes": {"sha256": ""}, "signatures": {}}, room_version)
+        try:
+            check_auth_rules(event, self.auth_events_from_state(event, before.state))
+        except AuthError as exc:
+            raise AuthError(f"{user_id} may not {membership} {room_id}: {exc.message}") from None
+        return template, room_version
 
     def _destinations(self, event: Event) -> set[str]:
         """Who must receive a local event: joined servers, and a membership's target."""
@@ -1232,6 +1438,17 @@ class RoomEngine:
         metas = self.store.event_metas(events)
         ordered = sorted(events.values(), key=lambda e: metas[e.event_id].nid)
         return [self.event_for_serving(e).get_pdu_json() for e in ordered]
+
+
+def _check_format(event: Event) -> None:
+    """Our own events pass the format checks receipt applies (step 1), size limit included.
+
+    A peer drops a PDU that fails them, so we refuse it first:
+    :class:`~p2pserver.rooms.errors.EventTooLarge` (M_TOO_LARGE) over
+    65,536 bytes, :class:`~p2pserver.rooms.errors.EventFormatError`
+    (M_BAD_JSON) for anything else.
+    """
+    parse_pdu(event.pdu, event.room_version)
 
 
 def _redacted(event: Event) -> Event:

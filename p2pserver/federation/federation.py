@@ -14,10 +14,17 @@ How an event reaches every member (details in :mod:`.fanout` and
 children per node, and pulled by forward-extremity exchange when peers
 connect, after our extremities change, and every ``sync_interval``.
 
+When a user of ours joins a room whose history we hold stripped (servers
+strip events for a server whose users were only invited), the servers that
+hold our join are asked for the full events
+(:meth:`~p2pserver.federation.sync.RoomSync.restore_stripped`).
+
 Membership the node initiates goes through here, not the engine alone:
 :meth:`Federation.invite` also sends the spec's ``invite`` handshake;
 :meth:`Federation.join` joins locally when we hold the room's DAG and
-otherwise through ``make_join``/``send_join`` with a resident server;
+otherwise through ``make_join``/``send_join`` with a resident server (the
+room engine takes the state it answers with, checked, as the state before
+our join: :meth:`~p2pserver.engine.engine.RoomEngine.accept_send_join`);
 :meth:`Federation.leave` likewise with ``make_leave``/``send_leave``.
 """
 
@@ -165,8 +172,18 @@ class Federation:
                 remove()
 
     def _on_room_update(self, update: RoomUpdate) -> None:
-        if update.local:
-            self.sender.wake()  # the engine queued it in the same transaction
+        event = update.event
+        if (
+            event is not None
+            and event.type == "m.room.member"
+            and event.membership == "join"
+            and event.state_key is not None
+            and sender_server(event.state_key) == self.server_name
+            and self.store.stripped_event_ids(update.room_id, limit=1)
+        ):
+            # A user of ours joined: the history we hold stripped (we were
+            # only invited) may now be served whole.
+            self._spawn(self.sync.restore_stripped, update.room_id, event.event_id)
 
     async def _follow_peers(self, channel: trio.MemoryReceiveChannel[PeerEvent]) -> None:
         while True:
@@ -278,11 +295,16 @@ class Federation:
             server_name=self.server_name,
             content=content,
         )
-        await self.client.send_join(server, room_id, event.event_id, event.get_pdu_json())
-        # We learn the room from the resident: its create event, then its
-        # history up to our join, oldest first (see RoomSync.prepare).
-        await self.sync.prepare(server, event.get_pdu_json())
-        result = await self.engine.receive_pdu(server, event.get_pdu_json())
+        answer = await self.client.send_join(server, room_id, event.event_id, event.get_pdu_json())
+        # The resident's answer holds the state before our join and its
+        # auth chain: the engine checks them and places our join on them.
+        result = await self.engine.accept_send_join(
+            server,
+            event.get_pdu_json(),
+            answer["state"],
+            answer["auth_chain"],
+            room_version=version,
+        )
         if not result.accepted:
             raise MatrixError(f"our join was not accepted here: {result.reason}")
         self.knowledge.record(server, room_id, [event.event_id])

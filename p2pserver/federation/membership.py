@@ -8,12 +8,11 @@ Invites)", "Inviting to a room". The pure parts live here; the server
 Resident side:
 
 - ``make_join`` / ``make_leave``: a template of the membership event for a
-  user of the *requesting* server, built on our current state and forward
-  extremities: ``prev_events`` the (at most ten) deepest extremities,
-  ``auth_events`` the spec's selection from the current state, ``depth``
-  one more than the deepest prev event. We check the auth rules for it
-  first and refuse with M_FORBIDDEN if the user may not join (or leave).
-  A room version outside the requester's ``ver`` list is
+  user of the *requesting* server, built as our own next event would be
+  (:meth:`RoomEngine.build_membership_template
+  <p2pserver.engine.engine.RoomEngine.build_membership_template>`, which
+  refuses with M_FORBIDDEN if the user may not join or leave). A room
+  version outside the requester's ``ver`` list is
   M_INCOMPATIBLE_ROOM_VERSION.
 - ``send_join`` / ``send_leave``: the filled-in, signed event must be the
   right membership for a user of the requesting server
@@ -21,7 +20,10 @@ Resident side:
   any PDU, and it must be accepted.
 
 Joining side: the template is checked the same way, filled in (content,
-hashes, our signature) by :func:`fill_template`, and sent back.
+hashes, our signature) by :func:`fill_template`, and sent back. The room
+engine takes the ``send_join`` answer's state and auth chain, checked, as
+the state before our join (:meth:`RoomEngine.accept_send_join
+<p2pserver.engine.engine.RoomEngine.accept_send_join>`).
 
 Invites: the inviting server creates the invite as a local event, then
 sends it to the invitee's server with ``invite``, which checks it
@@ -38,13 +40,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from p2pserver.engine.engine import MAX_PREV_EVENTS, NotFound
-from p2pserver.federation.protocol import IncompatibleRoomVersion
-from p2pserver.rooms.auth import auth_types_for_event, check_auth_rules, select_auth_event_ids
 from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.errors import AuthError, EventFormatError
 from p2pserver.rooms.events import Event, StateKey, sender_server
-from p2pserver.rooms.power_levels import CREATE_KEY
 from p2pserver.rooms.room_versions import RoomVersion
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage.store import Store
@@ -63,64 +61,6 @@ STRIPPED_STATE_TYPES = (
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def build_template(
-    store: Store,
-    room_id: str,
-    user_id: str,
-    membership: str,
-    versions: list[str] | None = None,
-    *,
-    now_ms: int | None = None,
-) -> tuple[dict[str, Any], RoomVersion]:
-    """The make_join / make_leave answer for ``user_id``; raises the spec's errors."""
-    record = store.room(room_id)
-    extremities = store.forward_extremities(room_id)
-    if record is None or record.current_state_group is None or not extremities:
-        raise NotFound(f"room {room_id} is not known here")
-    room_version = record.room_version
-    if versions is not None and room_version.identifier not in versions:
-        raise IncompatibleRoomVersion(
-            f"room {room_id} has version {room_version.identifier}, not one of {versions}"
-        )
-    state = store.current_state(room_id)
-    prevs = extremities[:MAX_PREV_EVENTS]
-    metas = store.event_metas(prevs)
-    content = {"membership": membership}
-    template: dict[str, Any] = {
-        "type": "m.room.member",
-        "room_id": room_id,
-        "sender": user_id,
-        "state_key": user_id,
-        "content": content,
-        "depth": max(m.depth for m in metas.values()) + 1,
-        "prev_events": prevs,
-        "auth_events": select_auth_event_ids(
-            room_version, "m.room.member", user_id, user_id, content, state
-        ),
-        "origin_server_ts": now_ms if now_ms is not None else _now_ms(),
-    }
-    # Would the auth rules allow it? (Signatures are not theirs to check.)
-    event = Event({**template, "hashes": {"sha256": ""}, "signatures": {}}, room_version)
-    try:
-        check_auth_rules(event, auth_events_from_state(store, event, state))
-    except AuthError as exc:
-        raise AuthError(f"{user_id} may not {membership} {room_id}: {exc.message}") from None
-    return template, room_version
-
-
-def auth_events_from_state(
-    store: Store, event: Event, state: Mapping[StateKey, str]
-) -> dict[StateKey, Event]:
-    """The auth events selection for ``event``, taken from ``state`` (as the engine's step 5)."""
-    keys = auth_types_for_event(
-        event.room_version, event.type, event.sender, event.state_key, event.content
-    )
-    keys.add(CREATE_KEY)
-    ids = {key: state[key] for key in keys if key in state}
-    events = store.load_events(ids.values())
-    return {key: events[i] for key, i in ids.items() if i in events}
 
 
 def check_membership_event(

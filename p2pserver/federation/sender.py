@@ -5,9 +5,13 @@ Rules:
 - What we owe each destination lives in the store's outbound queue
   (:mod:`p2pserver.storage.outbound`), so it survives restarts and crashes:
   the engine queues each local event in the transaction that stores it,
-  and :meth:`FederationSender.relay` queues events we pass on. An item
-  leaves the queue only once the destination answered the transaction
-  (at-least-once delivery; receivers drop duplicates by event ID).
+  :meth:`FederationSender.relay` queues events we pass on, and the client
+  API its EDUs. An item leaves the queue only once the destination
+  answered the transaction (at-least-once delivery; receivers drop
+  duplicates by event ID).
+- The queue wakes the sender after every commit that queued something,
+  whoever queued it (:meth:`OutboundQueue.add_listener`); a rescan every
+  :data:`RESCAN_INTERVAL` seconds is only a backstop.
 - One worker task per destination with something queued sends its items
   in queue order, at most 50 PDUs and 100 EDUs per transaction, one
   transaction at a time, each with a fresh transaction ID.
@@ -135,7 +139,6 @@ class FederationSender:
         if targets and meta is not None:
             with self.store.transaction():
                 self.store.outbound.enqueue_pdu(targets, meta.nid)
-            self.wake()
         return targets
 
     def send_edu(self, destination: str, edu_type: str, content: Mapping[str, Any]) -> None:
@@ -143,7 +146,6 @@ class FederationSender:
         self.store.outbound.enqueue_edu(
             destination, {"edu_type": edu_type, "content": dict(content)}
         )
-        self.wake()
 
     def peer_connected(self, server_name: str) -> None:
         """The peer is back: retry it now, with its backoff reset."""
@@ -161,6 +163,7 @@ class FederationSender:
     async def run(self, *, task_status: TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            stop_listening = self.store.outbound.add_listener(self.wake)
             task_status.started()
             try:
                 while True:
@@ -172,6 +175,7 @@ class FederationSender:
                     with trio.move_on_after(RESCAN_INTERVAL):
                         await self._wakeup.wait()
             finally:
+                stop_listening()
                 self._nursery = None
 
     async def _worker(self, destination: str) -> None:

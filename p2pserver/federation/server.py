@@ -25,9 +25,9 @@ Transactions (``send_transaction``): at most 50 PDUs and 100 EDUs
 transaction, even one still being processed, gets the first one's answer
 without being processed again. PDUs are processed in order, each one on its
 own (one bad PDU never fails the rest), by the engine's
-``receive_transaction``, after a gap before the first one is pulled whole
-(:meth:`RoomSync.prepare`); the answer maps each event ID to
-``{}`` or ``{"error": reason}``. A PDU accepted here for the first time is
+``receive_transaction`` (which fetches what comes before them as the spec
+says: ``/get_missing_events``, then the state at a gap); the answer maps
+each event ID to ``{}`` or ``{"error": reason}``. A PDU accepted here for the first time is
 relayed to our push targets (:meth:`FederationSender.relay`).
 
 Reads (``get_missing_events``, ``backfill``, ``state``...) are answered by
@@ -49,10 +49,7 @@ from p2pserver.engine.engine import Forbidden, NotFound, RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
 from p2pserver.federation import protocol as p
 from p2pserver.federation.knowledge import PeerKnowledge
-from p2pserver.federation.membership import (
-    build_template,
-    check_membership_event,
-)
+from p2pserver.federation.membership import check_membership_event
 from p2pserver.federation.queries import DefaultQueries, EduHandler, QueryHandler
 from p2pserver.federation.sender import FederationSender
 from p2pserver.federation.sync import RoomSync
@@ -189,10 +186,6 @@ class FederationServer:
 
     async def _receive_pdus(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, str]]:
         results: dict[str, dict[str, str]] = {}
-        if pdus:
-            # A gap before the transaction is pulled whole first; the later
-            # PDUs of a transaction normally follow from the earlier ones.
-            await self.sync.prepare(origin, pdus[0])
         for result in await self.engine.receive_transaction(origin, pdus):
             if result.event_id is None:
                 logger.info("dropped a PDU from %s: %s", origin[:8], result.reason)
@@ -323,8 +316,15 @@ class FederationServer:
     def _template(
         self, room_id: str, user_id: str, membership: str, versions: list[str] | None
     ) -> tuple[dict[str, Any], RoomVersion]:
+        version = self.store.room_version(room_id)
+        if version is None or not has_dag(self.store, room_id):
+            raise NotFound(f"room {room_id} is not known here")
+        if versions is not None and version.identifier not in versions:
+            raise p.IncompatibleRoomVersion(
+                f"room {room_id} has version {version.identifier}, not one of {versions}"
+            )
         try:
-            return build_template(self.store, room_id, user_id, membership, versions)
+            return self.engine.build_membership_template(room_id, user_id, membership)
         except AuthError as exc:
             raise Forbidden(exc.message) from None
 
@@ -395,12 +395,11 @@ class FederationServer:
         signed = sign_event(dict(pdu), self.server_name, self.engine.signing_key, version)
         # Take it into the room in the background: it may mean fetching the
         # room (the engine discovers it from its create event at ``origin``).
-        self._spawn(self._take_invite, origin, signed)
+        self._spawn(self._take_invite, origin, signed, version)
         return {"event": signed}
 
-    async def _take_invite(self, origin: str, pdu: dict[str, Any]) -> None:
-        await self.sync.prepare(origin, pdu)
-        result = await self.engine.receive_pdu(origin, pdu)
+    async def _take_invite(self, origin: str, pdu: dict[str, Any], version: RoomVersion) -> None:
+        result = await self.engine.receive_pdu(origin, pdu, room_version=version)
         if result.accepted:
             logger.info("invited to %s by %s", pdu.get("room_id"), pdu.get("sender"))
         else:

@@ -41,6 +41,10 @@ engine receives them oldest first (by depth), so each one's prev events are
 present and it is checked as any received PDU, in full. A gap larger than
 the limit is left to the engine, which takes the state at the gap from the
 peer as the spec allows. One catch-up per room runs at a time.
+
+Pushed PDUs are not preceded by a catch-up: the engine fetches what comes
+before them itself, as the spec says (``/get_missing_events``, then the
+state at a gap), and the exchanges above fill what pushes miss.
 """
 
 from __future__ import annotations
@@ -68,7 +72,6 @@ from p2pserver.federation.view import (
     server_in_room,
     shared_rooms,
 )
-from p2pserver.rooms.auth import create_event_id_for_room
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import Event
 from p2pserver.rooms.validation import parse_pdu
@@ -79,6 +82,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_SYNC_INTERVAL = 60.0
 DEFAULT_ANNOUNCE_DELAY = 0.5
 DEFAULT_MAX_CATCHUP_EVENTS = 5000
+# restore_stripped: how long to wait for a server to hold our join, and how
+# many stripped events to ask for.
+RESTORE_PATIENCE = 300.0
+MAX_RESTORED = 1000
 MAX_CONCURRENT_EXCHANGES = 8
 
 
@@ -248,56 +255,6 @@ class RoomSync:
 
     # -- catching up ----------------------------------------------------------------------
 
-    async def prepare(self, peer: str, pdu: object) -> None:
-        """Before the engine receives ``pdu`` from ``peer``: fetch what comes before it.
-
-        If the room is unknown, its create event first (the room's version
-        and identity). Then, if any prev event is missing, the whole gap
-        (up to ``max_catchup_events``) by :meth:`catch_up`, oldest first, so
-        the engine places ``pdu`` on known state instead of taking the state
-        at a gap from the peer (which happens only beyond the limit).
-        """
-        if not isinstance(pdu, Mapping):
-            return
-        room_id = pdu.get("room_id")
-        prevs = pdu.get("prev_events")
-        if not isinstance(room_id, str) or not isinstance(prevs, list):
-            return  # a v12 create event, or malformed: the engine decides
-        if self.store.room(room_id) is None and not await self._learn_room(peer, room_id, pdu):
-            return
-        missing = [e for e in prevs[: p.MAX_EVENT_IDS] if isinstance(e, str)]
-        missing = [e for e in missing if not held_in_dag(self.store, e)]
-        if missing:
-            await self.catch_up(peer, room_id, missing)
-
-    async def _learn_room(self, peer: str, room_id: str, pdu: Mapping[str, Any]) -> bool:
-        """Store the room's create event, fetched from ``peer``.
-
-        In v12 the room ID names the create event; before, it is among the
-        event's auth events.
-        """
-        candidates = [create_event_id_for_room(room_id)] if ":" not in room_id else []
-        auth_events = pdu.get("auth_events")
-        if isinstance(auth_events, list):
-            candidates += [a for a in auth_events[:10] if isinstance(a, str)]
-        for candidate in candidates:
-            try:
-                create = await self.client.get_event(peer, candidate)
-            except FederationError:
-                continue
-            if (
-                not isinstance(create, Mapping)
-                or create.get("type") != "m.room.create"
-                or create.get("state_key") != ""
-                or create.get("room_id", room_id) != room_id
-            ):
-                continue
-            result = await self.engine.receive_pdu(peer, create)
-            if result.event_id == candidate and self.store.room(room_id) is not None:
-                return True
-        logger.info("cannot learn room %s from %s", room_id, peer[:8])
-        return False
-
     async def catch_up(self, peer: str, room_id: str, heads: Iterable[str]) -> int:
         """Fetch the events before ``heads`` that we lack from ``peer``; return how many we accepted."""
         lock = self._room_locks.setdefault(room_id, trio.Lock())
@@ -323,6 +280,55 @@ class RoomSync:
                     accepted,
                 )
             return accepted
+
+    async def restore_stripped(self, room_id: str, join_id: str) -> int:
+        """Fetch whole copies of the room's events we hold stripped; return how many we got.
+
+        Called after ``join_id``, a join of one of our users: servers strip
+        the history they serve a server whose users are only invited, and
+        serve it whole once one of them joined (see
+        :mod:`p2pserver.engine.visibility`). So only servers known to hold
+        the join are asked (waiting, with backoff, up to
+        :data:`RESTORE_PATIENCE` seconds for one), each once, newest events
+        first, at most :data:`MAX_RESTORED` of them. The engine replaces a
+        stripped copy by a full one whose content hash verifies.
+        """
+        lock = self._room_locks.setdefault(room_id, trio.Lock())
+        restored = 0
+        delay = 0.5
+        deadline = trio.current_time() + RESTORE_PATIENCE
+        while True:
+            holders = sorted(
+                s
+                for s in room_servers(self.store, room_id)
+                if s != self.server_name and self.knowledge.has_all(s, room_id, [join_id])
+            )
+            if holders or trio.current_time() >= deadline:
+                break
+            await trio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        async with lock:
+            for server in holders:
+                stripped = self.store.stripped_event_ids(room_id, limit=MAX_RESTORED)
+                if not stripped:
+                    break
+                for event_id in stripped:
+                    try:
+                        async with self._limiter:
+                            pdu = await self.client.get_event(server, event_id)
+                    except FederationError as exc:
+                        logger.debug("cannot fetch %s from %s: %s", event_id, server[:8], exc)
+                        if exc.unreachable:
+                            break
+                        continue
+                    if not isinstance(pdu, Mapping) or pdu.get("room_id", room_id) != room_id:
+                        continue
+                    await self.engine.receive_pdu(server, pdu)
+                    meta = self.store.event_meta(event_id)
+                    restored += meta is not None and not meta.redacted
+        if restored:
+            logger.info("restored %d stripped events of %s", restored, room_id)
+        return restored
 
     async def _collect(self, peer: str, room_id: str, wanted: list[str]) -> dict[str, Event]:
         """The missing heads and the events before them that we lack, from ``peer``."""

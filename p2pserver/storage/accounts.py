@@ -21,6 +21,8 @@ Rules:
 - Account data and receipts share one counter, the *account stream*
   (``client_stream``): each write takes the next position, so /sync can ask
   "what changed after position N" of both with one number in its token.
+  To-device messages and device-list changes (:mod:`.e2ee`) take their
+  positions from the same counter, through :meth:`AccountStore.next_stream`.
 - A room's ``account_data`` rows use ``room_id = ''`` for global data, so one
   primary key covers both kinds.
 - Writes open their own transaction unless the caller holds one, like
@@ -237,9 +239,21 @@ class AccountStore:
             with self.db.transaction():
                 yield
 
-    def _next_stream(self) -> int:
-        self.db.execute("UPDATE client_stream SET position = position + 1 WHERE id = 0")
-        return self.stream_position()
+    def next_stream(self, count: int = 1) -> int:
+        """Take ``count`` positions on the account stream (inside a transaction); returns the last.
+
+        The one counter of the account stream: account data and receipts
+        here, to-device messages and device-list changes in
+        :class:`p2pserver.storage.e2ee.E2eeStore` all take their positions
+        from it, so one number in a /sync token covers them all.
+        """
+        if count < 1:
+            raise ValueError("take at least one position")
+        rows = self.db.query(
+            "UPDATE client_stream SET position = position + ? WHERE id = 0 RETURNING position",
+            (count,),
+        )
+        return int(rows[0][0])
 
     def stream_position(self) -> int:
         """The account stream's position (the last account data or receipt write)."""
@@ -382,7 +396,7 @@ class AccountStore:
     ) -> int:
         """Store global (``room_id`` None) or per-room account data; returns its stream position."""
         with self._write():
-            stream = self._next_stream()
+            stream = self.next_stream()
             self.db.execute(
                 """INSERT OR REPLACE INTO account_data (user_id, room_id, type, content, stream)
                    VALUES (?, ?, ?, ?, ?)""",
@@ -462,7 +476,7 @@ class AccountStore:
         ts: int,
     ) -> int:
         with self._write():
-            stream = self._next_stream()
+            stream = self.next_stream()
             self.db.execute(
                 """INSERT OR REPLACE INTO receipts
                    (room_id, receipt_type, user_id, thread_id, event_id, ts, stream)

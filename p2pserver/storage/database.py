@@ -16,6 +16,8 @@ Rules:
   describe rows that were never committed. :meth:`Database.batch` groups
   the transactions of a synchronous stretch into one commit (each one a
   savepoint, still all or nothing on its own).
+  :meth:`Database.call_after_commit` defers a callback (waking a task that
+  reads the new rows) until the writes it follows are committed.
 - The schema is versioned with ``PRAGMA user_version``; the database is
   marked as ours with ``PRAGMA application_id``. :data:`MIGRATIONS` (in
   :mod:`p2pserver.storage.schema`) holds one step per version, each applied
@@ -27,6 +29,7 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +38,8 @@ from typing import Any
 import apsw
 
 from p2pserver.storage.schema import MIGRATIONS, Migration
+
+logger = logging.getLogger(__name__)
 
 DATABASE_FILE_NAME = "rooms.db"
 # "p2ps" in ASCII: identifies our database files (PRAGMA application_id).
@@ -71,6 +76,8 @@ class Database:
         except apsw.Error as exc:
             raise StorageError(f"cannot open database {self.path}: {exc}") from None
         self._rollback_hooks: list[Callable[[], None]] = []
+        # Callbacks waiting for the open transaction (or batch) to commit.
+        self._after_commit: list[Callable[[], None]] = []
         self._in_transaction = False
         # None: no batch; False: a batch is open but has not begun; True: begun.
         self._batch: bool | None = None
@@ -124,6 +131,19 @@ class Database:
         """Call ``hook`` whenever a transaction rolls back (to drop caches)."""
         self._rollback_hooks.append(hook)
 
+    def call_after_commit(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once what was written so far is committed (at once outside a transaction).
+
+        Inside a transaction, or a batch, it waits for the commit; it is
+        dropped if that transaction (or the batch's savepoint it belongs
+        to) rolls back. For waking whoever acts on the new rows: it must be
+        quick and must not write; an exception in it is logged.
+        """
+        if self._in_transaction or self._batch:
+            self._after_commit.append(callback)
+        else:
+            _call(callback)
+
     @property
     def in_transaction(self) -> bool:
         return self._in_transaction
@@ -153,6 +173,7 @@ class Database:
         else:
             self._in_transaction = False
             self._commit()
+        self._run_after_commit()
 
     @contextlib.contextmanager
     def _savepoint(self) -> Iterator[None]:
@@ -161,10 +182,12 @@ class Database:
             self._batch = True
         self.conn.execute("SAVEPOINT unit")
         self._in_transaction = True
+        waiting = len(self._after_commit)
         try:
             yield
         except BaseException:
             self._in_transaction = False
+            del self._after_commit[waiting:]
             self._rollback("ROLLBACK TO unit")
             self.conn.execute("RELEASE unit")
             raise
@@ -196,6 +219,7 @@ class Database:
             begun, self._batch = self._batch, None
             if begun:
                 self._commit()
+                self._run_after_commit()
 
     def _commit(self) -> None:
         try:
@@ -214,8 +238,15 @@ class Database:
             self._run_rollback_hooks()
 
     def _run_rollback_hooks(self) -> None:
+        if not self._batch:  # all of it rolled back (a savepoint drops its own callbacks)
+            self._after_commit.clear()
         for hook in self._rollback_hooks:
             hook()
+
+    def _run_after_commit(self) -> None:
+        callbacks, self._after_commit = self._after_commit, []
+        for callback in callbacks:
+            _call(callback)
 
     # -- queries --------------------------------------------------------------
 
@@ -249,6 +280,13 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _call(callback: Callable[[], None]) -> None:
+    try:
+        callback()
+    except Exception:
+        logger.exception("after-commit callback %r failed", callback)
 
 
 def chunks(items: Sequence[Any], size: int = 500) -> Iterator[Sequence[Any]]:

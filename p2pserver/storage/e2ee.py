@@ -12,9 +12,10 @@ the client API (:mod:`p2pserver.clientapi.keys`, :mod:`.todevice`,
 Rules:
 - Stream positions. To-device messages put in a local device's inbox and
   device-list changes take positions on the client API's *account stream*
-  (the ``client_stream`` counter of :mod:`p2pserver.storage.accounts`, which
-  account data and receipts use too), so one number in a /sync token says
-  which of all of them a client has seen.
+  (the ``client_stream`` counter, taken through
+  :meth:`p2pserver.storage.accounts.AccountStore.next_stream`, which account
+  data and receipts use too), so one number in a /sync token says which of
+  all of them a client has seen.
 - A one-time key is handed out at most once: :meth:`E2eeStore.claim_keys`
   removes each key with one ``DELETE ... RETURNING`` inside ``BEGIN
   IMMEDIATE``, so two claims, even from two connections, never get the
@@ -66,6 +67,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import apsw
+
+from p2pserver.storage.accounts import AccountStore
 
 if TYPE_CHECKING:  # database.py imports schema.py, which imports this module
     from p2pserver.storage.database import Database
@@ -249,6 +252,7 @@ class BackupKey:
 class E2eeStore:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._accounts = AccountStore(db)  # its stream counter, shared with us
 
     @contextmanager
     def atomic(self) -> Iterator[None]:
@@ -261,11 +265,7 @@ class E2eeStore:
 
     def _take_positions(self, count: int) -> int:
         """Take ``count`` positions on the account stream; returns the last one."""
-        rows = self.db.query(
-            "UPDATE client_stream SET position = position + ? WHERE id = 0 RETURNING position",
-            (count,),
-        )
-        return int(rows[0][0])
+        return self._accounts.next_stream(count)
 
     # -- device keys (local devices) -------------------------------------------
 

@@ -12,12 +12,16 @@ Rules:
   the destination accepted it, which deletes everything up to there.
   Delivery is therefore at-least-once; receivers drop duplicate PDUs by
   event ID.
+- Whatever queues an item (a local event, a relayed PDU, any EDU: typing,
+  receipts, presence, to-device, device lists), the queue tells its
+  listeners once the item is committed (:meth:`OutboundQueue.add_listener`).
+  That is the one way the federation sender learns there is work.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +44,23 @@ class OutboundBatch:
 class OutboundQueue:
     def __init__(self, db: Database) -> None:
         self.db = db
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` after each commit that queued anything; returns its remover.
+
+        It runs synchronously after the commit and must be quick (set a
+        flag, wake a task).
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def _queued(self) -> None:
+        self.db.call_after_commit(self._tell)
+
+    def _tell(self) -> None:
+        for listener in list(self._listeners):
+            listener()
 
     def enqueue_pdu(self, destinations: Iterable[str], event_nid: int) -> None:
         """Queue a stored event for each destination (inside a transaction)."""
@@ -47,6 +68,7 @@ class OutboundQueue:
             "INSERT INTO outbound_queue (destination, event_nid) VALUES (?, ?)",
             [(d, event_nid) for d in sorted(set(destinations))],
         )
+        self._queued()
 
     def enqueue_edu(self, destination: str, edu: Mapping[str, Any]) -> None:
         """Queue an EDU (its own transaction unless one is open)."""
@@ -54,9 +76,11 @@ class OutboundQueue:
         sql = "INSERT INTO outbound_queue (destination, edu) VALUES (?, ?)"
         if self.db.in_transaction:
             self.db.execute(sql, row)
+            self._queued()
         else:
             with self.db.transaction():
                 self.db.execute(sql, row)
+                self._queued()
 
     def destinations(self) -> list[str]:
         """Destinations with anything queued, in order of their oldest item."""

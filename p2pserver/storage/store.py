@@ -18,10 +18,14 @@ Rules:
 - Every event is stored after its auth events, which makes ``event_nid`` a
   topological order of the auth DAG (see :mod:`.auth_chains`).
 - Caches hold committed facts only; a rolled back transaction clears them.
+- An event stored in redacted form (its content hash did not match: a
+  server served it stripped) is replaced by the full copy once one arrives
+  (:meth:`Store.replace_stripped`); nothing else about it changes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Collection, Iterable, Mapping, Sequence
@@ -436,6 +440,27 @@ class Store:
         self._meta.set(event.event_id, meta)
         return self._set_state_after(meta, event, adds_state)
 
+    def replace_stripped(self, event: Event) -> EventMeta:
+        """Replace a stored redacted copy by the full ``event`` of the same ID (inside a transaction).
+
+        The caller checked the full copy's content hash. Only the PDU
+        changes: everything stored about an event besides it (state groups,
+        DAG and auth edges, memberships, redaction targets) comes from keys
+        that redaction keeps, and the decision made on the redacted copy
+        stands.
+        """
+        old = self.event_meta(event.event_id)
+        if old is None or not old.redacted or event.redacted:
+            raise ValueError(f"{event.event_id} is not a stored redacted copy of a full event")
+        self.db.execute(
+            "UPDATE events SET pdu = ?, redacted = 0 WHERE event_nid = ?",
+            (_encode_pdu(event.pdu), old.nid),
+        )
+        meta = dataclasses.replace(old, redacted=False)
+        self._meta.set(event.event_id, meta)
+        self._events.set(event.event_id, event)
+        return meta
+
     def _set_state_after(self, meta: EventMeta, event: Event, adds_state: bool) -> EventMeta:
         assert meta.state_before is not None
         after = meta.state_before
@@ -580,6 +605,17 @@ class Store:
             (room_id,),
         )
         return int(row[0]) if row and row[0] is not None else 0
+
+    def stripped_event_ids(self, room_id: str, *, limit: int) -> list[str]:
+        """Events of the room held only redacted (and not rejected), deepest first."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT event_id FROM events WHERE room_id = ? AND redacted = 1
+                   AND status != 'rejected' ORDER BY depth DESC LIMIT ?""",
+                (room_id, limit),
+            )
+        ]
 
     def membership_events(self, room_id: str, user_id: str) -> list[EventMeta]:
         """Every stored membership event of ``user_id`` in the room."""
