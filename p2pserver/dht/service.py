@@ -33,10 +33,15 @@ Rules and theory of operation:
   addresses change; leaving publishes a tombstone once and stops.
 - **Routing table.** KadDHT does not feed its routing table from
   connections: callers hand peers in with :meth:`add_peer` (Discovery does
-  so for every connection). The first time the table goes from empty to
-  non-empty, a lookup of our own ID (Kademlia's join) fills it further and
-  tells our neighbours about us; then every ``refresh_interval``, while it
-  is non-empty, a full refresh (a lookup per bucket) keeps it fresh.
+  so for every connection). When the first peer arrives, a lookup of our
+  own ID (Kademlia's join) fills the table and tells our neighbours about
+  us; ``settle_interval`` later, once the neighbourhood has settled, one
+  full refresh (a lookup per bucket, ~1.3 s CPU with 50 nodes); then one
+  every ``refresh_interval``. Measured with 50 nodes bootstrapped as a
+  chain: after the join alone, 1 room lookup in 30 missed a server; after
+  the full refresh, none did.
+- **Lookups** are strict (:meth:`DhtService._closest_peers`): KadDHT's own
+  stops early and made readers and writers miss each other.
 - **Cheap when idle.** KadDHT's own service loop (refresh every few minutes,
   republishing, stale-peer pings) is not run; :meth:`run` does only the
   work above plus dropping expired records. No lookups happen unless asked
@@ -64,6 +69,7 @@ from libp2p.kad_dht import kad_dht as kad_module
 from libp2p.kad_dht import peer_routing as kad_peer_routing
 from libp2p.kad_dht import provider_store as kad_provider_store
 from libp2p.kad_dht import value_store as kad_value_store
+from libp2p.kad_dht.common import ALPHA, BUCKET_SIZE
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.kad_dht.pb.kademlia_pb2 import Record
 from libp2p.kad_dht.utils import sort_peer_ids_by_distance
@@ -107,6 +113,7 @@ class DhtConfig:
     mode: str = "server"
     record_ttl: float = 3600.0
     republish_interval: float = 1200.0
+    settle_interval: float = 120.0
     refresh_interval: float = 3600.0
     maintenance_interval: float = 60.0
     lookup_timeout: float = 30.0
@@ -230,8 +237,8 @@ class DhtService:
         self._published: dict[str, _Publication] = {}  # by identity key
         self._published_addrs: tuple[str, ...] = ()
         self._refresh_due = trio.Event()
-        self._last_refresh: float | None = None
         self._running = False
+        self.refreshes = 0  # completed, for tests and benchmarks
         self.lookups = 0
         self.lookup_cpu = 0.0
 
@@ -255,21 +262,24 @@ class DhtService:
             self._running = False
 
     async def _refresher(self) -> None:
+        """Join lookup when the first peer arrives; one full refresh
+        ``settle_interval`` later; then a full refresh every
+        ``refresh_interval`` and republishing every ``republish_interval``."""
+        await self._refresh_due.wait()
+        await trio.sleep(1.0)  # let a burst of new peers arrive first
+        await self.refresh(full=False)
+        refresh_at = trio.current_time() + self.config.settle_interval
         republish_at = trio.current_time() + self.config.republish_interval
         while True:
-            with trio.move_on_at(republish_at):
-                await self._refresh_due.wait()
-                self._refresh_due = trio.Event()
-                await trio.sleep(1.0)  # let a burst of new peers arrive first
-                await self.refresh(full=False)
-                continue
-            republish_at = trio.current_time() + self.config.republish_interval
-            if self._last_refresh is None or (
-                trio.current_time() - self._last_refresh >= self.config.refresh_interval
-                and self.routing_table_size() > 0
-            ):
-                await self.refresh()
-            await self._republish()
+            await trio.sleep_until(min(refresh_at, republish_at))
+            now = trio.current_time()
+            if now >= refresh_at:
+                if self.routing_table_size() > 0:
+                    await self.refresh()
+                refresh_at = trio.current_time() + self.config.refresh_interval
+            if now >= republish_at:
+                await self._republish()
+                republish_at = trio.current_time() + self.config.republish_interval
 
     async def _serve_stream(self, stream: INetStream) -> None:
         try:
@@ -311,38 +321,49 @@ class DhtService:
         except Exception as e:
             logger.debug("cannot add %s to the routing table: %s", server_name[:8], e)
             return False
-        if added and was_empty and self._last_refresh is None:
+        if added and was_empty:
             self._refresh_due.set()
         return added
 
     async def refresh(self, *, full: bool = True) -> None:
         """Fill the routing table: a lookup of our own ID (Kademlia's join step)
         and, if ``full``, one of a random ID in every non-empty bucket."""
-        self._last_refresh = trio.current_time()
         with trio.move_on_after(self.config.lookup_timeout * 2):
             if full:
                 await self._timed(self.kad.refresh_routing_table())
-                return
-            own = self.host.get_id()
-            closest = await self._timed(
-                self.kad.peer_routing.find_closest_peers_network(own.to_bytes())
-            )
-            for peer_id in closest:
-                if peer_id != own:
-                    with suppress(Exception):
-                        await self.kad.routing_table.add_peer(peer_id)
+            else:
+                own = self.host.get_id()
+                closest = await self._timed(self._closest_peers(own.to_bytes()))
+                for peer_id in closest:
+                    if peer_id != own:
+                        with suppress(Exception):
+                            await self.kad.routing_table.add_peer(peer_id)
+        self.refreshes += 1
 
     # --- peer routing -------------------------------------------------------------------
 
     async def find_peer(self, server_name: str) -> list[str]:
-        """Addresses of ``server_name`` (empty if the DHT does not know it)."""
+        """Addresses of ``server_name`` (empty if the DHT does not know it).
+
+        Answered locally when the routing table or peerstore knows the peer;
+        otherwise a lookup of its PeerID, whose answers (FIND_NODE carries
+        addresses) fill the peerstore.
+        """
         peer_id = peer_id_for_server_name(server_name)
-        info = None
-        with trio.move_on_after(self.config.lookup_timeout):
-            info = await self._timed(self.kad.find_peer(peer_id))
-        if info is None:
+        addrs = self._known_addresses(peer_id)
+        if not addrs:
+            with trio.move_on_after(self.config.lookup_timeout):
+                await self._timed(self._closest_peers(peer_id.to_bytes()))
+            addrs = self._known_addresses(peer_id)
+        return addrs
+
+    def _known_addresses(self, peer_id: ID) -> list[str]:
+        info = self.kad.routing_table.get_peer_info(peer_id)
+        try:
+            maddrs = list(info.addrs) if info else self.host.get_peerstore().addrs(peer_id)
+        except Exception:  # the peerstore raises for unknown peers
             return []
-        return list(dict.fromkeys(_without_peer_id(a) for a in info.addrs))
+        return list(dict.fromkeys(_without_peer_id(a) for a in maddrs))
 
     # --- records ------------------------------------------------------------------------
 
@@ -422,8 +443,7 @@ class DhtService:
         self.store.put(key_bytes, value)
         stored = 0
         with trio.move_on_after(self.config.lookup_timeout):
-            closest = await self._timed(self.kad.peer_routing.find_closest_peers_network(key_bytes))
-            closest = [p for p in closest if p != self.host.get_id()]
+            closest = await self._timed(self._closest_peers(key_bytes))
             limiter = trio.CapacityLimiter(self.config.store_concurrency)
 
             async def store_at(peer: ID) -> None:
@@ -448,10 +468,7 @@ class DhtService:
         if local is not None:
             values.append(local.value)
         with trio.move_on_after(self.config.lookup_timeout):
-            closest = await self._timed(self.kad.peer_routing.find_closest_peers_network(key_bytes))
-            candidates = sort_peer_ids_by_distance(
-                key_bytes, [p for p in closest if p != self.host.get_id()]
-            )
+            candidates = await self._timed(self._closest_peers(key_bytes))
             answered = 0
             while candidates and answered < self.config.read_quorum:
                 batch = candidates[: self.config.read_quorum - answered]
@@ -472,6 +489,39 @@ class DhtService:
                 answered += len(found)
                 values.extend(found)
         return records.merge_values(key, values, now_ms=now_ms())
+
+    async def _closest_peers(self, target: bytes) -> list[ID]:
+        """The k peers closest to ``target``: a strict iterative Kademlia lookup.
+
+        KadDHT's own lookup stops as soon as a round brings no closer peer,
+        often before the k closest it knows of were asked; with sparse
+        routing tables readers and writers then land on different nodes
+        (measured: 1 in 6 room lookups among 50 nodes missed a server). This
+        one stops only when the k closest known peers have all been asked,
+        ALPHA at a time (the query itself is KadDHT's FIND_NODE).
+        """
+        own = self.host.get_id()
+        routing = self.kad.peer_routing
+        known = set(self.kad.routing_table.find_local_closest_peers(target, BUCKET_SIZE))
+        if len(known) < BUCKET_SIZE:  # a young table: start from connections too
+            known.update(self.host.get_connected_peers())
+        known.discard(own)
+        asked: set[ID] = set()
+        while True:
+            closest = sort_peer_ids_by_distance(target, list(known))[:BUCKET_SIZE]
+            batch = [p for p in closest if p not in asked][:ALPHA]
+            if not batch:
+                return closest
+            found: list[ID] = []
+
+            async def ask(peer: ID, found: list[ID] = found) -> None:
+                found.extend(await routing._query_peer_for_closest(peer, target))
+
+            asked.update(batch)
+            async with trio.open_nursery() as nursery:
+                for peer in batch:
+                    nursery.start_soon(ask, peer)
+            known.update(p for p in found if p != own)
 
     async def _timed(self, awaitable: Any) -> Any:
         """Count a lookup and the CPU time the process spent during it."""

@@ -25,6 +25,11 @@ network (``add_peer_address``) so a request can follow.
 
 Publishing: ``publish_room`` while joined (the DHT republishes it until
 ``unpublish_room``), ``publish_public_room`` for rooms in the room directory.
+The node need not call the first two itself: :meth:`Discovery.follow_rooms`
+watches the room engine and publishes or withdraws this server's entry as
+its first user joins or its last user leaves (:meth:`set_room_joined`
+queues the change; a background task talks to the DHT, which takes
+seconds).
 Both are signed by this node's key; entries read back are verified, so a
 peer cannot publish for another server.
 """
@@ -33,7 +38,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +121,8 @@ class Discovery:
         self.mdns: Mdns | None = None
         self._nursery: trio.Nursery | None = None
         self._dialling: set[str] = set()
+        self._rooms_wanted: dict[str, bool] = {}  # room -> joined, not yet told the DHT
+        self._rooms_changed = trio.Event()
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -129,6 +136,7 @@ class Discovery:
                 nursery.start_soon(self._follow_connections, events)
                 if self.config.dht:
                     await self._start_dht(nursery)
+                    nursery.start_soon(self._publish_room_changes)
                 for name in self.network.connected_peers():
                     self._on_connected(name)
                 if self.config.mdns:
@@ -252,6 +260,54 @@ class Discovery:
     async def unpublish_room(self, room_id: str) -> int:
         """We left ``room_id``: publish a tombstone and stop republishing."""
         return await self.dht.unpublish_room(room_id) if self.dht is not None else 0
+
+    def set_room_joined(self, room_id: str, joined: bool) -> None:
+        """This server is (or no longer is) in ``room_id``; published soon after.
+
+        Never blocks: safe in an engine notifier listener.
+        """
+        self._rooms_wanted[room_id] = joined
+        self._rooms_changed.set()
+
+    def follow_rooms(self, engine: Any) -> Callable[[], None]:
+        """Keep our room entries in line with ``engine``'s rooms (a RoomEngine):
+        every room we are joined to now, then every membership change.
+        Returns the function that stops following."""
+        store = engine.store
+
+        def check(room_id: str) -> None:
+            joined = self.server_name in store.joined_servers(room_id)
+            if self._rooms_wanted.get(room_id) != joined:
+                self.set_room_joined(room_id, joined)
+
+        for room_id in store.room_ids():
+            check(room_id)
+
+        def on_update(update: Any) -> None:
+            if any(kind == "m.room.member" for kind, _ in update.state_delta):
+                check(update.room_id)
+
+        remove: Callable[[], None] = engine.notifier.add_listener(on_update)
+        return remove
+
+    async def _publish_room_changes(self) -> None:
+        assert self.dht is not None
+        published: dict[str, bool] = {}
+        while True:
+            await self._rooms_changed.wait()
+            self._rooms_changed = trio.Event()
+            for room_id, joined in list(self._rooms_wanted.items()):
+                if published.get(room_id, False) == joined:
+                    continue
+                try:
+                    if joined:
+                        await self.dht.publish_room(room_id)
+                    else:
+                        await self.dht.unpublish_room(room_id)
+                except Exception as e:  # the DHT republishes; try again on the next change
+                    logger.warning("publishing %s to the DHT failed: %s", room_id, e)
+                    continue
+                published[room_id] = joined
 
     async def publish_public_room(self, room_id: str, summary: Mapping[str, Any]) -> int:
         """List ``room_id`` in the directory; ``summary`` is its PublicRoomsChunk

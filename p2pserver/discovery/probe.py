@@ -7,7 +7,8 @@ key, the given IPs, any port) with :class:`~p2pserver.discovery.Discovery`,
 answers the request ``probe.ping`` with its server name, and prints one JSON
 object per line on stdout:
 
-- ``started``: ``server_name``, ``addrs``, ``t`` (wall clock, seconds);
+- ``listening``: the network is up: ``server_name``, ``addrs``;
+- ``started``: discovery is running (mDNS registered, the DHT serving);
 - ``nearby`` / ``lost``: a peer appeared on / left the LAN (mDNS);
   ``lan_addrs``: a nearby peer's advertised addresses changed;
 - ``connected``: the network connected to a peer;
@@ -16,7 +17,9 @@ object per line on stdout:
 - ``stopped``: with ``max_loop_lag_s``, the longest the trio loop was kept
   from running (mDNS must never block it).
 
-Events carry ``after_s``, seconds since ``started``. It stops after
+Every event has ``t`` (wall clock, seconds); later ones also ``after_s``,
+seconds since ``listening``. Peers are watched (every 20 ms) from
+``listening`` on. It stops after
 ``--seconds``, or ``--linger`` seconds after ``--exit-after-pongs`` peers
 have answered. Used by tests/discovery and benchmarks/discovery.py.
 """
@@ -40,6 +43,7 @@ POLL_INTERVAL = 0.02
 
 
 def _emit(**fields: Any) -> None:
+    fields.setdefault("t", time.time())
     print(json.dumps(fields, sort_keys=True), flush=True)
 
 
@@ -70,10 +74,17 @@ async def probe(args: argparse.Namespace) -> None:
     lag = [0.0]
     async with network.running(), trio.open_nursery() as nursery:
         nursery.start_soon(_loop_lag, lag)
-        discovery = Discovery(network, key, config)
-        await nursery.start(discovery.run)
         t0 = time.time()
-        _emit(event="started", server_name=key.server_name, addrs=network.listen_addresses(), t=t0)
+        _emit(
+            event="listening", server_name=key.server_name, addrs=network.listen_addresses(), t=t0
+        )
+        discovery = Discovery(network, key, config)
+
+        async def start() -> None:
+            await nursery.start(discovery.run)
+            _emit(event="started", after_s=round(time.time() - t0, 3))
+
+        nursery.start_soon(start)  # watch while it starts: peers may show up first
         nearby: dict[str, tuple[str, ...]] = {}
         connected: set[str] = set()
         pinged: set[str] = set()

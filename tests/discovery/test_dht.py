@@ -8,6 +8,7 @@ bootstrapped as a chain: node i is only told about node i+1.
 
 from __future__ import annotations
 
+import json
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -72,13 +73,24 @@ async def chain(nodes: list[Node]) -> None:
         assert await b.dht.add_peer(a.name, a.addrs())
 
 
+async def room_servers(reader: Node, room: str, expected: set[str]) -> set[str]:
+    """What ``reader`` finds for ``room`` once it is ``expected`` (publishing
+    runs in the background), or whatever it last found after 30 s."""
+    found: set[str] = set()
+    with trio.move_on_after(30):
+        while found != expected:
+            found = set(await reader.discovery.find_room_servers(room))
+            await trio.sleep(0.2)
+    return found
+
+
 async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.05)
 
 
-def forged_room_value(room_id: str, attacker: SigningKey, victim: str) -> bytes:
+def forged_room_entry(room_id: str, attacker: SigningKey, victim: str) -> dict[str, Any]:
     """An entry signed by ``attacker`` that claims to be ``victim``'s."""
     entry = records.make_entry(
         attacker,
@@ -90,7 +102,7 @@ def forged_room_value(room_id: str, attacker: SigningKey, victim: str) -> bytes:
     )
     entry["server_name"] = victim
     entry["signatures"] = {victim: entry["signatures"][attacker.server_name]}
-    return records.encode_raw_entries([entry])
+    return entry
 
 
 async def test_twenty_nodes_route_peers_and_rooms() -> None:
@@ -118,44 +130,66 @@ async def test_twenty_nodes_route_peers_and_rooms() -> None:
                         assert other.name in node.net.known_peers()
             assert "dht" in nodes[0].discovery.directory.get(nodes[10].name).found_by
 
-            # A room: created on one node, joined by two more, each publishing itself.
+            # The federating nodes publish their rooms as their users join and leave.
+            for node in (creator, member_a, member_b, joiner):
+                node.discovery.follow_rooms(node.fed.engine)
+
+            # A room: created on one node, joined by two more.
             room = await creator.fed.engine.create_room(
                 creator.user("c"), {"preset": "public_chat"}
             )
-            assert await creator.discovery.publish_room(room) > 0
             for member in (member_a, member_b):
                 await member.fed.join(room, member.user("m"), via=[creator.name])
-                assert await member.discovery.publish_room(room) > 0
+            members = {creator.name, member_a.name, member_b.name}
+            assert await room_servers(nodes[0], room, members) == members
 
-            # A malicious node answers for the room with an entry claiming the
-            # joiner's neighbour, and tries to store it on honest nodes too.
+            # Every node holding the room's record turns malicious: it adds an
+            # entry claiming an innocent server is in the room (signed with
+            # the attacker's key) and answers with it.
             key = records.room_key(room)
-            forged = forged_room_value(room, attacker.key, nodes[16].name)
-            fake = Record()
-            fake.key, fake.value = key.encode(), forged
-            attacker.dht.store.store[key.encode()] = (fake, now_ms() / 1000 + 600)
-            refused = await attacker.dht.store._store_at_peer(
-                nodes[5].host.get_id(), key.encode(), forged
+            forged = forged_room_entry(room, attacker.key, nodes[16].name)
+            holders = 0
+            for node in nodes:
+                held = node.dht.store.get(key.encode())
+                if held is not None:
+                    tampered = Record()
+                    tampered.key = key.encode()
+                    tampered.value = records.encode_raw_entries(
+                        [*json.loads(held.value)["entries"], forged]
+                    )
+                    node.dht.store.store[key.encode()] = (tampered, now_ms() / 1000 + 600)
+                    holders += 1
+            assert holders >= 4
+            # ... and honest nodes refuse to store it: alone it is refused, next
+            # to valid entries it is dropped.
+            honest = next(n for n in nodes if n is not attacker and n.dht.store.entries(key))
+            before = honest.dht.store.entries(key)
+            alone = Record()
+            alone.key, alone.value = key.encode(), records.encode_raw_entries([forged])
+            assert not await attacker.dht.store._store_at_peer(
+                honest.host.get_id(), key.encode(), alone.value, record=alone
             )
-            assert not refused
-            assert nodes[5].dht.store.entries(key) == [] or all(
-                e.server_name != nodes[16].name for e in nodes[5].dht.store.entries(key)
+            mixed = Record()
+            mixed.key = key.encode()
+            mixed.value = records.encode_raw_entries([*(dict(e.raw) for e in before), forged])
+            await attacker.dht.store._store_at_peer(
+                honest.host.get_id(), key.encode(), mixed.value, record=mixed
             )
+            assert honest.dht.store.entries(key) == before
 
             # The joiner knows only the room ID: the DHT names the room's servers.
             servers = await joiner.discovery.find_room_servers(room)
-            assert set(servers) == {creator.name, member_a.name, member_b.name}
-            assert nodes[16].name not in servers
+            assert set(servers) == members
             await joiner.fed.join(room, joiner.user("j"), via=servers)
-            everyone = {creator.name, member_a.name, member_b.name, joiner.name}
+            everyone = members | {joiner.name}
             await wait_until(lambda: joiner.store.joined_servers(room) == everyone)
             await wait_until(lambda: creator.store.joined_servers(room) == everyone)
+            assert await room_servers(nodes[0], room, everyone) == everyone
 
-            # After leaving, a server drops out of the record.
+            # After its last user leaves, a server drops out of the record.
             await member_a.fed.leave(room, member_a.user("m"))
-            await member_a.discovery.unpublish_room(room)
-            servers = await nodes[0].discovery.find_room_servers(room)
-            assert set(servers) == {creator.name, member_b.name}
+            remaining = everyone - {member_a.name}
+            assert await room_servers(nodes[0], room, remaining) == remaining
 
             # Public rooms: published by one node, listed by any.
             summary = {"num_joined_members": 3, "world_readable": False, "guest_can_join": False}

@@ -77,12 +77,12 @@ def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
         common = ["--seconds", "60", "--mdns-ttl", "6", "--mdns-recheck", "0.5"]
         a = Probe(lab, 0, lab.ips[0], "--listen-ip", ip_a2, *common)
         b = Probe(lab, 1, lab.ips[1], *common)
-        name_a = a.wait_for(30, event="started")["server_name"]
-        name_b = b.wait_for(30, event="started")["server_name"]
+        name_a = a.wait_for(30, event="listening")["server_name"]
+        name_b = b.wait_for(30, event="listening")["server_name"]
 
         # Each sees the other, connects through the advertised address, and talks.
         seen_a = b.wait_for(15, event="nearby", peer=name_a)
-        assert sorted(seen_a["addrs"]) == sorted(a.wait_for(1, event="started")["addrs"]), (
+        assert sorted(seen_a["addrs"]) == sorted(a.wait_for(1, event="listening")["addrs"]), (
             "A advertises both concrete addresses"
         )
         assert all("0.0.0.0" not in addr for addr in seen_a["addrs"])
@@ -92,7 +92,7 @@ def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
 
         # A third node joins later and is seen by both.
         c = Probe(lab, 2, lab.ips[2], *common[:1], "12", *common[2:])
-        name_c = c.wait_for(30, event="started")["server_name"]
+        name_c = c.wait_for(30, event="listening")["server_name"]
         for probe in (a, b):
             probe.wait_for(15, event="pong", peer=name_c)
         c.wait_for(15, event="pong", peer=name_a)
