@@ -18,11 +18,26 @@ state before *or* after it allows; since the state before and after any
 event differ only in that event's own key, "before or after" is applied to
 every event, which is the spec's rule exactly.
 
-Servers (backfill, /get_missing_events, /event): a server may see an event
-if one of its users may, judged with the users the server had in the room
-at the event; for rule 3 a server whose users are in the room now (or
-joined after the event) counts as having joined later. This is what
-Synapse does for federation requests.
+Servers (backfill, /get_missing_events, /event, /state): the spec states
+no separate rules; it says a server sees what its users may. So a server
+may see an event if, with the state at the event:
+
+1. the ``history_visibility`` was ``world_readable``; or
+2. one of its users' membership was ``join``; or
+3. it was ``shared``, and one of its users is joined now (current state)
+   or joined at some point after the event; or
+4. one of its users' membership was ``invite`` and the visibility
+   ``invited``;
+5. otherwise it may not: the event is served redacted (the DAG stays
+   whole; the content is withheld).
+
+Synapse (``filter_events_for_server``) allows ``shared`` events to every
+server it serves, but it serves those requests only to servers joined now,
+which comes to rule 3; Dendrite's ``IsServerAllowed`` is these five steps.
+We also answer servers whose users are only invited (they need the DAG to
+place the invite): under ``shared`` they get the history stripped until one
+of their users joins. Then they fetch it again, and the room engine replaces
+the stripped copies with the full events (whose content hashes verify).
 
 "Joined after the event" is judged by DAG depth: a join whose depth is
 greater than the event's, or a current membership of ``join``.

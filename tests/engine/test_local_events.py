@@ -3,8 +3,10 @@ import pytest
 from p2pserver.engine import NotFound, RoomUpdate
 from p2pserver.engine.local import LocalNetwork
 from p2pserver.rooms.auth import select_auth_event_ids
-from p2pserver.rooms.errors import AuthError
+from p2pserver.rooms.canonical_json import encode_canonical_json
+from p2pserver.rooms.errors import AuthError, BadJSON, EventTooLarge
 from p2pserver.rooms.room_versions import KNOWN_ROOM_VERSIONS, RoomVersion
+from p2pserver.rooms.validation import MAX_PDU_BYTES
 from p2pserver.storage import EventStatus
 
 from .conftest import make_room, state_content, trio_test, user
@@ -169,3 +171,35 @@ async def test_at_most_ten_prev_events() -> None:
     event = a.store.load_event(event_id)
     assert event is not None and len(event.prev_event_ids) == 10
     assert len(a.forward_extremities(rid)) == 3
+
+
+@trio_test
+async def test_local_events_over_the_pdu_size_limit_are_refused() -> None:
+    room = await make_room(2)
+    (a, b), rid, alice = room.engines, room.room_id, room.users[0]
+    rows = a.store.table_rows()
+    for content in ({"body": "x" * 70_000}, {"body": "é" * 33_000}):  # bytes count, not characters
+        with pytest.raises(EventTooLarge) as info:
+            await a.send_message(rid, alice, content)
+        assert info.value.errcode == "M_TOO_LARGE"
+    with pytest.raises(EventTooLarge):  # state keys are at most 255 bytes
+        await a.send_state(rid, alice, "m.room.topic", "k" * 256, {"topic": "t"})
+    with pytest.raises(BadJSON):
+        await a.send_message(rid, alice, {"body": 1.5})
+    assert a.store.table_rows() == rows  # nothing stored, nothing queued
+    # Exactly at the limit is allowed, and the receiving engine takes it.
+    probe = await a.send_message(rid, alice, {"body": ""})
+    depth = a.store.event_meta(probe).depth  # type: ignore[union-attr]
+    if len(str(depth + 1)) > len(str(depth)):  # the next event's depth takes a digit more
+        probe = await a.send_message(rid, alice, {"body": ""})
+    size = len(encode_canonical_json(a.store.load_event(probe).pdu))  # type: ignore[union-attr]
+    big = await a.send_message(rid, alice, {"body": "y" * (MAX_PDU_BYTES - size)})
+    pdu = a.store.load_event(big).pdu  # type: ignore[union-attr]
+    assert len(encode_canonical_json(pdu)) == MAX_PDU_BYTES
+    await room.net.deliver()
+    assert b.store.event_meta(big).status == EventStatus.ACCEPTED  # type: ignore[union-attr]
+    with pytest.raises(EventTooLarge):  # one byte more
+        await a.send_message(rid, alice, {"body": "y" * (MAX_PDU_BYTES - size + 1)})
+    with pytest.raises(EventTooLarge):
+        await a.create_room(alice, {"preset": "private_chat", "topic": "t" * 70_000})
+    assert len(a.store.room_ids()) == 1

@@ -1,4 +1,10 @@
+import copy
+from pathlib import Path
+
+from p2pserver.engine.local import LocalNetwork
 from p2pserver.engine.visibility import SHARED, effective_visibility, user_allowed
+from p2pserver.storage import EventStatus
+from p2pserver.storage.store import Store
 
 from .conftest import make_room, trio_test, user
 
@@ -103,3 +109,36 @@ async def test_servers_see_what_their_users_may() -> None:
     full = a.on_get_event(b.server_name, secret)
     assert full["content"]["body"] == "secret"
     assert "body" not in a.on_get_event(outsider.server_name, secret)["content"]
+
+
+@trio_test
+async def test_a_stripped_copy_is_replaced_by_the_full_event(tmp_path: Path) -> None:
+    net = LocalNetwork()
+    a = net.add_engine()
+    b = net.add_engine(Store.open(tmp_path / "b.db"))
+    alice, bob = user(a, "alice"), user(b, "bob")
+    rid = await a.create_room(alice, {"preset": "private_chat"})  # history "shared"
+    hello = await a.send_message(rid, alice, {"body": "hello"})
+    await a.invite(rid, alice, bob)
+    await net.deliver()  # b learns the room; bob is only invited, so the history comes stripped
+    held = b.store.load_event(hello)
+    assert held is not None and held.redacted and held.content == {}
+    assert hello in b.store.stripped_event_ids(rid, limit=100)
+    await b.join(rid, bob)
+    await net.deliver()
+    full = a.on_get_event(b.server_name, hello)
+    assert full["content"] == {"body": "hello"}  # served whole now that a user of b joined
+    tampered = copy.deepcopy(full)
+    tampered["content"]["body"] = "forged"  # its content hash does not match
+    await b.receive_pdu(a.server_name, tampered)
+    assert b.store.load_event(hello).redacted  # type: ignore[union-attr]
+    result = await b.receive_pdu(a.server_name, full)
+    assert result.status == EventStatus.ACCEPTED
+    seen = b.get_event_for_user(bob, hello)
+    assert seen is not None and seen.content == {"body": "hello"}
+    assert hello not in b.store.stripped_event_ids(rid, limit=100)
+    assert b.store.check_consistency() == []
+    b.store.close()
+    reopened = Store.open(tmp_path / "b.db")
+    assert reopened.load_event(hello).content == {"body": "hello"}  # type: ignore[union-attr]
+    reopened.close()

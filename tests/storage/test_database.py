@@ -121,3 +121,50 @@ def test_batch_groups_transactions_that_stay_atomic(tmp_path: Path) -> None:
         pass
     other.close()
     db.close()
+
+
+def test_after_commit_callbacks_wait_for_the_commit_and_never_follow_a_rollback() -> None:
+    db = Database()
+    db.execute("CREATE TABLE t (x)")
+    calls: list[str] = []
+
+    def seen(name: str):  # the callback checks its row is committed
+        def check() -> None:
+            assert not db.in_transaction
+            calls.append(name)
+
+        return check
+
+    db.call_after_commit(seen("outside"))  # nothing open: at once
+    assert calls == ["outside"]
+    with db.transaction():
+        db.execute("INSERT INTO t VALUES (1)")
+        db.call_after_commit(seen("committed"))
+        assert calls == ["outside"]
+    assert calls == ["outside", "committed"]
+    with pytest.raises(RuntimeError), db.transaction():
+        db.call_after_commit(seen("rolled back"))
+        raise RuntimeError
+    with db.batch():
+        with db.transaction():
+            db.call_after_commit(seen("batch 1"))
+        with pytest.raises(RuntimeError), db.transaction():
+            db.call_after_commit(seen("batch savepoint rolled back"))
+            raise RuntimeError
+        with db.transaction():
+            db.call_after_commit(seen("batch 2"))
+        assert calls == ["outside", "committed"]  # the batch has not committed yet
+    assert calls == ["outside", "committed", "batch 1", "batch 2"]
+    with pytest.raises(RuntimeError), db.batch():
+        with db.transaction():
+            db.call_after_commit(seen("batch rolled back"))
+        raise RuntimeError
+
+    def broken() -> None:
+        raise ValueError("a failing callback is logged, not raised")
+
+    with db.transaction():
+        db.call_after_commit(broken)
+        db.call_after_commit(seen("after a failing one"))
+    assert calls == ["outside", "committed", "batch 1", "batch 2", "after a failing one"]
+    db.close()

@@ -1,3 +1,5 @@
+import pytest
+
 from p2pserver.storage import Store
 
 from .conftest import add_dummy_events
@@ -35,3 +37,24 @@ def test_rolled_back_enqueue_is_not_sent(store: Store) -> None:
     except RuntimeError:
         pass
     assert store.outbound.peek("b") is None
+
+
+def test_listeners_hear_of_every_committed_enqueue(store: Store) -> None:
+    heard: list[int] = []
+    remove = store.outbound.add_listener(lambda: heard.append(store.outbound.pending()))
+    store.outbound.enqueue_edu("b", {"edu_type": "m.typing", "content": {}})  # its own transaction
+    assert heard == [1]
+    with store.transaction():
+        add_dummy_events(store, ["$a"])
+        store.outbound.enqueue_pdu(["b"], store.event_nids(["$a"])["$a"])
+        store.outbound.enqueue_edu("c", {"edu_type": "m.receipt", "content": {}})
+        assert heard == [1]  # not before the commit
+    assert heard[1:] and set(heard[1:]) == {3}
+    count = len(heard)
+    with pytest.raises(RuntimeError), store.transaction():
+        store.outbound.enqueue_edu("b", {"edu_type": "m.typing", "content": {}})
+        raise RuntimeError
+    assert len(heard) == count  # nothing was queued after all
+    remove()
+    store.outbound.enqueue_edu("b", {"edu_type": "m.typing", "content": {}})
+    assert len(heard) == count
