@@ -204,6 +204,7 @@ class ConvergeFuzzer(Simulation):
             "heads_before_heal": len(heads),
             "diverged": len(before) > 1,
             "converged": converged,
+            "state_time": self.state_time,
             "convergence_time": round(self.now() - heal_at, 6) if converged else None,
             "messages": len(self.recorder.messages),
         }
@@ -212,6 +213,7 @@ class ConvergeFuzzer(Simulation):
             {
                 "heal": episode,
                 "heal_at": row["heal_at"],
+                "state_time": self.state_time,
                 "converged_at": round(self.now(), 6) if converged else None,
                 "convergence_time": row["convergence_time"],
                 "converged": converged,
@@ -225,9 +227,14 @@ class ConvergeFuzzer(Simulation):
         self.check(episode)
 
     async def settle(self) -> bool:
+        """Wait for convergence (at most ``settle_timeout``); note when states first agreed."""
         poll = self.scenario.metrics.convergence_poll
-        deadline = self.now() + self.spec.settle_timeout
+        start = self.now()
+        deadline = start + self.spec.settle_timeout
+        self.state_time: float | None = None
         while self.now() <= deadline:
+            if self.state_time is None and self.states_agree():
+                self.state_time = round(self.now() - start, 6)
             if self.converged():
                 return True
             await trio.sleep(poll)

@@ -83,7 +83,6 @@ class Recorder:
         self.agreement: list[dict[str, Any]] = []
         self.convergence: list[dict[str, Any]] = []
         self.discovery: dict[int, float] = {}
-        self.now = 0.0  # updated by the simulation before each callback
 
     # --- the hooks --------------------------------------------------------------------
 

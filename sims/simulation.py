@@ -32,7 +32,9 @@ Convergence at time t: every running node whose user is joined in its own
 view has the same resolved room state (SHA-256 of the canonical JSON of its
 sorted ``[type, state_key, event_id]`` triples), and holds every message due
 at it. A heal starts a watch that polls every ``convergence_poll`` seconds
-for at most ``settle`` seconds.
+for at most ``settle`` seconds; it records when the states first agreed
+(``state_time``) and when everything had converged (``convergence_time``),
+both counted from the heal.
 """
 
 from __future__ import annotations
@@ -681,14 +683,19 @@ class Simulation:
             await trio.sleep(interval)
             self.sample()
 
-    def converged(self) -> bool:
+    def states_agree(self) -> bool:
+        """Every running node joined in its own view holds the same resolved state."""
         joined = self.joined_running()
         if not joined:
             return False
         first = self.fingerprint(joined[0])
-        if any(self.fingerprint(n) != first for n in joined[1:]):
+        return all(self.fingerprint(n) == first for n in joined[1:])
+
+    def converged(self) -> bool:
+        """States agree and every message due at those nodes is held there."""
+        if not self.states_agree():
             return False
-        for node in joined:
+        for node in self.joined_running():
             for record in self.recorder.missing(node.index):
                 if node.holds(record.event_id):
                     self.recorder.mark_held(record, node.index)
@@ -699,8 +706,10 @@ class Simulation:
     async def _watch_convergence(self, heal: int) -> None:
         metrics = self.scenario.metrics
         heal_at = self.now()
-        row: dict[str, Any] = {"heal": heal, "heal_at": round(heal_at, 6)}
+        row: dict[str, Any] = {"heal": heal, "heal_at": round(heal_at, 6), "state_time": None}
         while self.now() - heal_at <= metrics.settle:
+            if row["state_time"] is None and self.states_agree():
+                row["state_time"] = round(self.now() - heal_at, 6)
             if self.converged():
                 row["converged_at"] = round(self.now(), 6)
                 row["convergence_time"] = round(self.now() - heal_at, 6)
@@ -782,6 +791,7 @@ class Simulation:
                 "heals": len(convergence),
                 "converged": sum(1 for r in convergence if r.get("converged")),
                 "times": [r.get("convergence_time") for r in convergence],
+                "state_times": [r.get("state_time") for r in convergence],
             },
             "final": {
                 "joined": last.get("joined"),

@@ -71,7 +71,7 @@ def test_overrides_are_dotted_toml_values():
     assert scenario.nodes.count == 6 and scenario.traffic[0].rate == 1.0
     assert scenario.segments[0].nodes == tuple(range(6))
     # Overrides are checked like the file: the outage's admins do not fit in 6 nodes.
-    with pytest.raises(ScenarioError, match="room.power.25-26: node 26 out of range 0-5"):
+    with pytest.raises(ScenarioError, match="room.power.25: node 25 out of range 0-5"):
         load_scenario("outage", {"nodes.count": 6, "groups.left": "0-2", "groups.right": "3-5"})
     with pytest.raises(ScenarioError, match="no item 3"):
         load_scenario("field-unit", {"traffic.3.rate": 1})
