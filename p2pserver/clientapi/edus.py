@@ -6,8 +6,9 @@ Outgoing: when a local user starts or stops typing, or sends a public
 receipt (``m.read``; ``m.read.private`` never leaves the node), an EDU is
 put on the node's outbound queue
 (:meth:`p2pserver.storage.outbound.OutboundQueue.enqueue_edu`) for every
-other server with a member joined to the room; the federation sender
-delivers it with the next transaction.
+other server with a member joined to the room. The queue wakes the
+federation sender once the EDU is committed (as it does for every queued
+item), which delivers it with the next transaction.
 
 Incoming: the federation layer hands each EDU of a transaction to
 :func:`receive_edu`. Rules, so a server can only speak for its own users:

@@ -28,7 +28,21 @@ Receiving a PDU (:meth:`RoomEngine.receive_pdu`) follows the spec's
 6. Passes authorisation rules based on the current state of the room,
    otherwise *soft failed*: stored and part of the DAG (its state counts
    for events that reference it), but not a forward extremity and not
-   shown to clients.
+   shown to clients. For an event accepted on state taken from a peer at
+   a gap, the current state is resolved across our forward extremities
+   and the state before the event, as if it were one more extremity: our
+   current state may be stale (a room just discovered holds only its
+   create event), and the state at a gap is easy to forge.
+
+A room we do not know is discovered from its create event, fetched from
+the sender (a room-version hint, as ``/invite`` carries, only lets the PDU
+be format-checked first; the create event decides). A stripped copy of an
+event (a server served it redacted: history visibility) is replaced by the
+full event when one arrives whose content hash verifies.
+
+Joining through a resident (:meth:`RoomEngine.accept_send_join`) takes the
+``send_join`` answer's state, each event checked, as the state before our
+join: an event after a gap whose state we were given.
 
 Dropped events are not stored. Rejected events are stored as rejected so
 they are not fetched and checked again, and are never served or used as
@@ -50,9 +64,11 @@ its own), which roughly halves the database cost per event.
 Local events (:meth:`RoomEngine.send_event` and the membership helpers)
 take prev_events from the forward extremities (the deepest ten), auth
 events by the spec's selection from the state before them, depth one more
-than their deepest prev event; they are hashed and signed, put through
-checks 4-6 like any received event, and their event ID is returned only
-after the commit. They are queued for every server with a member joined to
+than their deepest prev event (make_join templates are built the same way:
+:meth:`RoomEngine.build_membership_template`); they are hashed and signed,
+must pass the receive path's format checks (step 1, so M_TOO_LARGE over
+65,536 bytes), are put through checks 4-6 like any received event, and
+their event ID is returned only after the commit. They are queued for every server with a member joined to
 the room, and for the target's server of a membership event.
 
 Concurrency: one trio lock per room serialises everything that writes a
@@ -231,9 +247,10 @@ class RoomEngine:
     ) -> PduResult:
         """Run the checks on receipt of a PDU sent by ``origin`` and store the outcome.
 
-        ``room_version`` is a hint for a room we do not know yet (``/invite``
-        carries one); otherwise it is looked up, or discovered from the
-        room's create event.
+        An unknown room is discovered from its create event, fetched from
+        ``origin``, which decides the room version. ``room_version`` is a
+        hint for such a room (``/invite`` carries one): the PDU is
+        format-checked with it before anything is fetched.
         """
         try:
             event = await self._parse_incoming(origin, pdu, room_version)

@@ -157,6 +157,10 @@ class Federation:
                 self.network.set_request_handler(self.server.handle)
                 for peer in self.network.connected_peers():
                     self._peer_connected(peer)
+                for room_id in self.store.stripped_rooms():
+                    # Left off before a restart (see _on_room_update).
+                    if self.server_name in self.store.joined_servers(room_id):
+                        nursery.start_soon(self.sync.restore_stripped, room_id)
                 logger.info(
                     "%s: federation running (fan-out %d, pull every %.0fs)",
                     self.server_name[:8],
@@ -180,10 +184,11 @@ class Federation:
             and event.state_key is not None
             and sender_server(event.state_key) == self.server_name
             and self.store.stripped_event_ids(update.room_id, limit=1)
+            and self._nursery is not None
         ):
             # A user of ours joined: the history we hold stripped (we were
             # only invited) may now be served whole.
-            self._spawn(self.sync.restore_stripped, update.room_id, event.event_id)
+            self._spawn(self.sync.restore_stripped, update.room_id)
 
     async def _follow_peers(self, channel: trio.MemoryReceiveChannel[PeerEvent]) -> None:
         while True:

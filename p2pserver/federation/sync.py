@@ -82,10 +82,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_SYNC_INTERVAL = 60.0
 DEFAULT_ANNOUNCE_DELAY = 0.5
 DEFAULT_MAX_CATCHUP_EVENTS = 5000
-# restore_stripped: how long to wait for a server to hold our join, and how
-# many stripped events to ask for.
-RESTORE_PATIENCE = 300.0
+# restore_stripped: how long to keep trying, how many stripped events to ask
+# for, and how many a server must strip again before we try another.
+RESTORE_PATIENCE = 600.0
 MAX_RESTORED = 1000
+RESTORE_PROBES = 3
 MAX_CONCURRENT_EXCHANGES = 8
 
 
@@ -124,6 +125,7 @@ class RoomSync:
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_EXCHANGES)
         self._nursery: trio.Nursery | None = None
         self._round = 0
+        self._restoring: set[str] = set()
         # Counters for tests and benchmarks.
         self.exchanges = 0
         self.events_pulled = 0
@@ -281,54 +283,88 @@ class RoomSync:
                 )
             return accepted
 
-    async def restore_stripped(self, room_id: str, join_id: str) -> int:
+    async def restore_stripped(self, room_id: str) -> int:
         """Fetch whole copies of the room's events we hold stripped; return how many we got.
 
-        Called after ``join_id``, a join of one of our users: servers strip
-        the history they serve a server whose users are only invited, and
-        serve it whole once one of them joined (see
-        :mod:`p2pserver.engine.visibility`). So only servers known to hold
-        the join are asked (waiting, with backoff, up to
-        :data:`RESTORE_PATIENCE` seconds for one), each once, newest events
-        first, at most :data:`MAX_RESTORED` of them. The engine replaces a
-        stripped copy by a full one whose content hash verifies.
+        Servers strip the history they serve a server whose users are only
+        invited, and serve it whole once one of them has joined (see
+        :mod:`p2pserver.engine.visibility`); the engine replaces a stripped
+        copy by a full one whose content hash verifies. So while a user of
+        ours is joined, the servers of the room are asked, connected ones
+        first, newest events first (at most :data:`MAX_RESTORED`). A server
+        that returns none of the first :data:`RESTORE_PROBES` whole does
+        not serve us yet (our join may not have reached it): the next one
+        is tried, and the round repeated with backoff for up to
+        :data:`RESTORE_PATIENCE` seconds. One server that serves whole is
+        enough: what stays stripped is what our users may not see.
         """
-        lock = self._room_locks.setdefault(room_id, trio.Lock())
+        if room_id in self._restoring:
+            return 0
+        self._restoring.add(room_id)
         restored = 0
-        delay = 0.5
-        deadline = trio.current_time() + RESTORE_PATIENCE
-        while True:
-            holders = sorted(
-                s
-                for s in room_servers(self.store, room_id)
-                if s != self.server_name and self.knowledge.has_all(s, room_id, [join_id])
-            )
-            if holders or trio.current_time() >= deadline:
-                break
-            await trio.sleep(delay)
-            delay = min(delay * 2, 30.0)
-        async with lock:
-            for server in holders:
+        try:
+            delay = 1.0
+            deadline = trio.current_time() + RESTORE_PATIENCE
+            while self.server_name in room_servers(self.store, room_id):
                 stripped = self.store.stripped_event_ids(room_id, limit=MAX_RESTORED)
                 if not stripped:
                     break
-                for event_id in stripped:
-                    try:
-                        async with self._limiter:
-                            pdu = await self.client.get_event(server, event_id)
-                    except FederationError as exc:
-                        logger.debug("cannot fetch %s from %s: %s", event_id, server[:8], exc)
-                        if exc.unreachable:
-                            break
-                        continue
-                    if not isinstance(pdu, Mapping) or pdu.get("room_id", room_id) != room_id:
-                        continue
-                    await self.engine.receive_pdu(server, pdu)
-                    meta = self.store.event_meta(event_id)
-                    restored += meta is not None and not meta.redacted
+                connected = self.network.connected_peers()
+                servers = sorted(
+                    (s for s in room_servers(self.store, room_id) if s != self.server_name),
+                    key=lambda s: (s not in connected, _rank(room_id, s)),
+                )
+                served = False
+                for server in servers:
+                    got, served = await self._restore_from(server, room_id, stripped)
+                    restored += got
+                    if served:
+                        break
+                if served or trio.current_time() + delay > deadline:
+                    break
+                await trio.sleep(delay)
+                delay = min(delay * 2, 60.0)
+        finally:
+            self._restoring.discard(room_id)
         if restored:
             logger.info("restored %d stripped events of %s", restored, room_id)
         return restored
+
+    async def _restore_from(
+        self, server: str, room_id: str, event_ids: list[str]
+    ) -> tuple[int, bool]:
+        """Ask ``server`` for ``event_ids``: (how many came whole, whether it serves us whole)."""
+        restored = 0
+        # Stripped before the first whole one: our join may have reached the
+        # server meanwhile, so they are asked for once more.
+        early: list[str] = []
+        for event_id in event_ids:
+            if not restored and len(early) == RESTORE_PROBES:
+                return 0, False  # it strips them all: it does not know our join yet
+            whole = await self._fetch_whole(server, room_id, event_id)
+            if whole is None:
+                break  # unreachable
+            if whole:
+                restored += 1
+            elif not restored:
+                early.append(event_id)
+        if restored:
+            for event_id in early:
+                restored += bool(await self._fetch_whole(server, room_id, event_id))
+        return restored, restored > 0
+
+    async def _fetch_whole(self, server: str, room_id: str, event_id: str) -> bool | None:
+        """Fetch one event for the engine; whether we now hold it whole (None: unreachable)."""
+        try:
+            async with self._limiter:
+                pdu = await self.client.get_event(server, event_id)
+        except FederationError as exc:
+            logger.debug("cannot fetch %s from %s: %s", event_id, server[:8], exc)
+            return None if exc.unreachable else False
+        if isinstance(pdu, Mapping) and pdu.get("room_id", room_id) == room_id:
+            await self.engine.receive_pdu(server, pdu)
+        meta = self.store.event_meta(event_id)
+        return meta is not None and not meta.redacted
 
     async def _collect(self, peer: str, room_id: str, wanted: list[str]) -> dict[str, Event]:
         """The missing heads and the events before them that we lack, from ``peer``."""

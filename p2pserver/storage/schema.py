@@ -35,6 +35,11 @@ Theory of the tables (version 1):
 - ``redactions``: accepted m.room.redaction events by target.
 - ``outbound_queue``: per destination, PDUs (by nid) and EDUs to send, in
   order; rows are deleted once the destination acknowledged them.
+
+Later steps: 2 and 3 are the client API's tables
+(:mod:`p2pserver.storage.accounts`, :mod:`p2pserver.storage.e2ee`); 4 indexes
+the events held redacted (``events_stripped``), which are fetched again
+whole once we may see them.
 """
 
 from __future__ import annotations
@@ -158,4 +163,9 @@ def _v1(conn: apsw.Connection) -> None:
     conn.execute(_V1)
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1)
+def _stripped_index(conn: apsw.Connection) -> None:
+    """Step 4: the events held only redacted, per room, found without a scan."""
+    conn.execute("CREATE INDEX events_stripped ON events(room_id, depth) WHERE redacted = 1")
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1, _stripped_index)

@@ -606,6 +606,16 @@ class Store:
         )
         return int(row[0]) if row and row[0] is not None else 0
 
+    def stripped_rooms(self) -> list[str]:
+        """Rooms with events held only redacted (and not rejected)."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT DISTINCT room_id FROM events WHERE redacted = 1
+                   AND status != 'rejected' ORDER BY room_id"""
+            )
+        ]
+
     def stripped_event_ids(self, room_id: str, *, limit: int) -> list[str]:
         """Events of the room held only redacted (and not rejected), deepest first."""
         return [

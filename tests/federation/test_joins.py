@@ -101,3 +101,29 @@ def test_typing_and_receipt_edus_wake_the_sender():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_stripped_history_is_restored_after_a_restart(tmp_path):
+    async def main():
+        hub, (a, b) = cluster(2)
+        c = Node(hub, store_path=tmp_path / "c.db")
+        for node, other in ((a, c), (b, c), (c, a), (c, b)):
+            node.net.add_peer_address(other.server_name, [f"/memory/{other.server_name}"])
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b], preset="private_chat")
+            hello = await a.engine.send_message(room_id, a.user("u0"), {"body": "hello"})
+            invite = await a.fed.invite(room_id, a.user("u0"), c.user("carol"))
+            await wait_until(functools.partial(c.has, invite))
+            assert _content(c, hello) == {}
+            join = await c.fed.join(room_id, c.user("carol"))
+            c.stop()  # before anything was fetched again, or even the join sent
+            assert _content(c, hello) == {}
+            await trio.sleep(1)  # let it wind down
+            c.restart_objects()
+            await c.start(nursery)
+            await wait_until(lambda: a.has(join) and b.has(join))
+            await wait_until(lambda: _content(c, hello) == {"body": "hello"})
+            nursery.cancel_scope.cancel()
+
+    run(main)
