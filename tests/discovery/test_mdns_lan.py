@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,10 +32,12 @@ pytestmark = pytest.mark.skipif(why_not is not None, reason=f"no network namespa
 
 
 class Probe:
-    """A probe process and the JSON events it printed."""
+    """A probe process (or another ``module``) and the JSON events it printed."""
 
-    def __init__(self, lab: LanLab, index: int, *args: str) -> None:
-        argv = [sys.executable, "-m", "p2pserver.discovery.probe", "--listen-ip", *args]
+    def __init__(
+        self, lab: LanLab, index: int, *args: str, module: str = "p2pserver.discovery.probe"
+    ) -> None:
+        argv = [sys.executable, "-m", module, "--listen-ip", *args]
         # stderr goes to a file: an undrained pipe would stall a chatty process
         self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (lives as long as the probe)
         self.process = lab.popen(
@@ -52,13 +55,21 @@ class Probe:
 
     def wait_for(self, timeout: float, **match: Any) -> dict[str, Any]:
         """The first event (already seen or to come) with these fields."""
-        deadline = time.monotonic() + timeout
-        seen = 0
-        while True:
-            for event in self.events[seen:]:
+
+        def matching(events: list[dict[str, Any]]) -> dict[str, Any] | None:
+            for event in events:
                 if all(event.get(k) == v for k, v in match.items()):
                     return event
-            seen = len(self.events)
+            return None
+
+        return self.wait_until(timeout, matching, str(match))
+
+    def wait_until(
+        self, timeout: float, check: Callable[[list[dict[str, Any]]], Any], what: str
+    ) -> Any:
+        """Wait until ``check(events so far)`` returns something true; return it."""
+        deadline = time.monotonic() + timeout
+        while not (found := check(self.events)):
             try:
                 event = self._queue.get(timeout=max(0.01, deadline - time.monotonic()))
             except queue.Empty:
@@ -66,8 +77,9 @@ class Probe:
             if event is None:
                 self.stderr.seek(0)
                 stderr = self.stderr.read()[-3000:]
-                raise AssertionError(f"no event {match} in {timeout}s; got {self.events}\n{stderr}")
+                raise AssertionError(f"no {what} in {timeout}s; got {self.events}\n{stderr}")
             self.events.append(event)
+        return found
 
 
 def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
@@ -114,3 +126,43 @@ def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
 
         b.process.send_signal(signal.SIGINT)
         b.process.wait(timeout=20)
+
+
+def test_nodes_share_a_room_and_a_late_one_catches_up() -> None:
+    """Federation over what discovery found: the room is found in the DHT's
+    directory (read from mDNS neighbours) and joined through the servers its
+    directory entry and room record name.
+
+    A late joiner catches up with the room's state (its members) and the
+    conversation from its join on. (History from before its join is not
+    pulled: federation leaves that to backfill on demand.)
+    """
+    node = "tests.discovery.lan_node"
+    with LanLab(3) as lab:
+        a = Probe(lab, 0, lab.ips[0], "--create-room", module=node)
+        b = Probe(lab, 1, lab.ips[1], "--join-public", module=node)
+        name_a = a.wait_for(30, event="listening")["server_name"]
+        name_b = b.wait_for(30, event="listening")["server_name"]
+        room = a.wait_for(30, event="room")["room"]
+        assert b.wait_for(60, event="room")["via"] == [name_a]
+        a.wait_for(30, event="message", room=room, body=f"hello from {name_b}")
+        b.wait_for(30, event="message", room=room, body=f"tick 2 from {name_a}")
+
+        # A third node joins later and catches up.
+        c = Probe(lab, 2, lab.ips[2], "--join-public", module=node)
+        name_c = c.wait_for(30, event="listening")["server_name"]
+        assert set(c.wait_for(60, event="room", room=room)["via"]) == {name_a, name_b}
+        assert c.wait_for(10, event="members")["servers"] == sorted([name_a, name_b, name_c])
+        for probe in (a, b):
+            probe.wait_for(30, event="message", room=room, body=f"hello from {name_c}")
+        for name in (name_a, name_b):
+            # Ticks from after its join (history before it is not pulled).
+            c.wait_until(30, lambda events, name=name: ticks_from(events, name) >= 2, "ticks")
+
+
+def ticks_from(events: list[dict[str, Any]], origin: str) -> int:
+    return sum(
+        1
+        for e in events
+        if e.get("event") == "message" and e["origin"] == origin and e["body"].startswith("tick")
+    )
