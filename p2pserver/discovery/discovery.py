@@ -214,9 +214,7 @@ class Discovery:
         if self.dht is None:
             return list(known.addrs) if known is not None else []
         addrs = await self.dht.find_peer(server_name)
-        if addrs:
-            self._learn(server_name, HOW_DHT, addrs)
-        return addrs
+        return self._learn(server_name, HOW_DHT, addrs) if addrs else []
 
     async def find_room_servers(self, room_id: str) -> list[str]:
         """Servers that say they are in ``room_id`` (never this one), connected

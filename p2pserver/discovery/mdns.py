@@ -14,7 +14,8 @@ a server name has 64 characters). The TXT record says who and where:
   the Noise handshake proves the PeerID.)
 
 Threads and trio. zeroconf is synchronous and runs its own threads; its
-calls block (registration probes the LAN for about 1.5 s). So every
+calls block (registration announces with pauses in between; py-libp2p's
+mDNS, which registers on the trio thread, stalled it 1.5 s). So every
 zeroconf call that may block runs in ``trio.to_thread.run_sync``, and the
 browser's callbacks, which arrive on zeroconf's thread, only hand the event
 to trio with ``TrioToken.run_sync_soon`` and return. Resolving a service
@@ -242,6 +243,7 @@ class Mdns:
             elif old is not None:
                 zc.unregister_service(old)
             elif new is not None:
+                # No probing for a conflict: the instance name comes from our key.
                 zc.register_service(new, allow_name_change=False, cooperating_responders=True)
 
         try:
