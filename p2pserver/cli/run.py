@@ -59,6 +59,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="allow --client-listen on a non-loopback address (logs a warning)",
     )
     parser.add_argument(
+        "--no-mdns",
+        dest="mdns",
+        action="store_false",
+        default=None,
+        help="do not advertise or look for peers on the LAN (mDNS)",
+    )
+    parser.add_argument(
         "--control-socket",
         metavar="PATH",
         help="serve the JSON Lines control interface (a test/dev tool) on this Unix socket",
@@ -85,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
             listen=args.listen,
             client_listen=args.client_listen,
             allow_remote_clients=args.allow_remote_clients,
+            mdns=args.mdns,
             control_socket=Path(args.control_socket) if args.control_socket else None,
         )
     except ConfigError as exc:

@@ -141,7 +141,8 @@ async def put_visibility(ctx: Ctx) -> dict[str, Any]:
 # -- /publicRooms ------------------------------------------------------------------------
 
 
-def _chunk(api: ClientAPI, room_id: str) -> dict[str, Any]:
+def public_room_chunk(api: ClientAPI, room_id: str) -> dict[str, Any]:
+    """The ``PublicRoomsChunk`` of a room we hold (also what the node publishes)."""
     keys = [
         ("m.room.name", ""),
         ("m.room.topic", ""),
@@ -193,16 +194,24 @@ async def _public_rooms(
     ctx: Ctx, *, limit: int | None, since: str | None, server: str | None, term: str | None
 ) -> dict[str, Any]:
     api = ctx.api
-    if server is not None and server != api.server_name:
-        if api.remote is None:
-            raise ApiError.of("M_NOT_FOUND", f"server {server} cannot be reached")
-        return await api.remote.public_rooms(server, limit=limit, since=since, search=term)
     offset = 0
     if since:
         if not since.startswith("o") or not since[1:].isdigit():
             raise ApiError.of("M_INVALID_PARAM", f"invalid since token {since!r}")
         offset = int(since[1:])
-    chunks = [_chunk(api, r) for r in api.accounts.public_room_ids() if api.store.room(r)]
+    if server is not None and server != api.server_name:
+        # Another node's rooms: what it lists in the shared directory.
+        if api.remote is None:
+            raise ApiError.of("M_NOT_FOUND", f"server {server} cannot be reached")
+        chunks = await api.remote.directory_rooms(server)
+    else:
+        chunks = [
+            public_room_chunk(api, r) for r in api.accounts.public_room_ids() if api.store.room(r)
+        ]
+        if api.remote is not None:
+            # Rooms other nodes list in the shared directory; ours take precedence.
+            ours = {c["room_id"] for c in chunks}
+            chunks += [c for c in await api.remote.directory_rooms() if c["room_id"] not in ours]
     chunks = [c for c in chunks if _matches(c, term)]
     chunks.sort(key=lambda c: (-c["num_joined_members"], c["room_id"]))
     size = min(limit, MAX_PUBLIC_ROOMS) if limit is not None else MAX_PUBLIC_ROOMS

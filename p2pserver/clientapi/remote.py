@@ -44,10 +44,9 @@ class Remote(Protocol):
         """Another server's user's profile: ``displayname`` and ``avatar_url`` keys."""
         ...
 
-    async def public_rooms(
-        self, server: str, *, limit: int | None, since: str | None, search: str | None
-    ) -> dict[str, Any]:
-        """Another server's /publicRooms answer (``chunk``, ``next_batch``, ...)."""
+    async def directory_rooms(self, server: str | None = None) -> list[dict[str, Any]]:
+        """Rooms other nodes list in the shared directory, as ``PublicRoomsChunk``s
+        (only those ``server`` lists, if given)."""
         ...
 
 

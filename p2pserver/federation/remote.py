@@ -51,9 +51,6 @@ class FederationRemote:
         except PeerError as exc:
             raise _as_matrix_error(exc, "M_NOT_FOUND") from None
 
-    async def public_rooms(
-        self, server: str, *, limit: int | None, since: str | None, search: str | None
-    ) -> dict[str, Any]:
-        raise MatrixError(
-            f"{server}'s room directory is not reachable over federation yet", errcode="M_NOT_FOUND"
-        )
+    async def directory_rooms(self, server: str | None = None) -> list[dict[str, Any]]:
+        # Federation alone has no shared directory; the node adds discovery's.
+        return []

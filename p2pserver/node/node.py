@@ -7,7 +7,9 @@ database and the remembered p2p port.
 Start-up, in order: the key and the database; the room engine and the
 client API (answering clients within a fraction of a second, while libp2p,
 slow to import, loads in a worker thread); the libp2p network (listening);
-federation, attached to the engine and the client API (request handler, the outbound queue's sender
+federation, attached to the engine and the client API; discovery (mDNS on
+the LAN unless switched off, the DHT: room records follow our joins, and our
+public rooms are listed in the shared directory) (request handler, the outbound queue's sender
 resuming whatever was queued before a stop or crash, the pull loop); the
 bootstrap peers, dialled now and re-dialled with backoff while not
 connected; the peers snapshot (:mod:`.status`); the control socket if
@@ -32,7 +34,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import multiaddr
 import trio
@@ -42,7 +44,6 @@ from p2pserver.e2ee import connect as connect_client_api
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.federation import Federation, FederationConfig
 from p2pserver.federation.client import FederationClient
-from p2pserver.federation.remote import FederationRemote
 from p2pserver.identity import (
     load_or_create_signing_key,
     peer_id_from_public_key,
@@ -50,11 +51,20 @@ from p2pserver.identity import (
 )
 from p2pserver.node.config import ConfigError, NodeConfig
 from p2pserver.node.control import ControlCommands, serve_control
+from p2pserver.node.remote import NodeRemote
 from p2pserver.node.status import write_status
 from p2pserver.storage.store import Store
 from p2pserver.transport.network import NetworkError, PeerEvent
 
+if TYPE_CHECKING:
+    from p2pserver.clientapi.server import ClientAPI
+    from p2pserver.discovery import Discovery
+
 logger = logging.getLogger(__name__)
+
+# How often the node's public rooms are (re)published in the shared directory;
+# records live an hour in the DHT, and summaries (member counts) go stale.
+PUBLIC_ROOMS_INTERVAL = 300.0
 
 STATUS_INTERVAL = 2.0
 BOOTSTRAP_RETRY_INITIAL = 2.0
@@ -119,6 +129,7 @@ class Node:
         self.bootstrap = [parse_bootstrap(a) for a in config.bootstrap]
         self._federation: Federation | None = None
         self._client_api: ClientApiHandle | None = None
+        self._discovery: Discovery | None = None
         self._bootstrap_wakeup = trio.Event()
 
     # -- what a running node offers ------------------------------------------------------------
@@ -170,6 +181,7 @@ class Node:
             "control_socket": str(self.control_socket) if self.control_socket else None,
             "connected": sorted(network.connected_peers()),
             "known": sorted(network.known_peers()),
+            "around": [p.to_json() for p in self._discovery.peers()] if self._discovery else [],
             "queued": {d: queue.pending(d) for d in queue.destinations()},
             "backing_off": {
                 d: round(max(0.0, until - now), 1)
@@ -198,6 +210,9 @@ class Node:
                 libp2p_network = await trio.to_thread.run_sync(
                     importlib.import_module, "p2pserver.transport.libp2p_network"
                 )
+                discovery_module = await trio.to_thread.run_sync(
+                    importlib.import_module, "p2pserver.discovery"
+                )
                 libp2p_network.configure_libp2p_logging()
                 network = libp2p_network.Libp2pNetwork(
                     key, data_dir=self.data_dir, listen_ips=self.listen_ips, port=self.port
@@ -206,12 +221,20 @@ class Node:
                 engine.peers = client
                 federation = Federation(engine, network, client, self.federation_config)
                 self._federation = federation
-                client_api.api.remote = FederationRemote(federation)
+                discovery = discovery_module.Discovery(
+                    network, key, discovery_module.DiscoveryConfig(mdns=self.config.mdns)
+                )
+                self._discovery = discovery
+                client_api.api.remote = NodeRemote(federation, discovery)
                 connect_client_api(client_api.api, federation)
                 for server_name, address in self.bootstrap:
                     network.add_peer_address(server_name, [address])
+                    discovery.note_bootstrap_peer(server_name, [address])
                 async with network.running():
                     await nursery.start(federation.run)
+                    await nursery.start(discovery.run)
+                    stop_following_rooms = discovery.follow_rooms(engine)
+                    nursery.start_soon(self._publish_public_rooms, client_api.api, discovery)
                     nursery.start_soon(self._keep_bootstrap_peers)
                     if self.control_socket is not None:
                         await nursery.start(
@@ -226,12 +249,32 @@ class Node:
                         " ".join(self.listen_addresses()),
                     )
                     task_status.started()
-                    await trio.sleep_forever()
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        stop_following_rooms()
         finally:
             self._federation = None
             self._client_api = None
+            self._discovery = None
             store.close()
             logger.info("node stopped")
+
+    async def _publish_public_rooms(self, api: ClientAPI, discovery: Discovery) -> None:
+        """List our public rooms in the shared directory (the DHT), and withdraw the rest."""
+        from p2pserver.clientapi.directory import public_room_chunk
+
+        published: set[str] = set()
+        while True:
+            public = {r for r in api.accounts.public_room_ids() if api.store.room(r)}
+            for room_id in sorted(public):
+                summary = public_room_chunk(api, room_id)
+                del summary["room_id"]
+                await discovery.publish_public_room(room_id, summary)
+            for room_id in sorted(published - public):
+                await discovery.unpublish_public_room(room_id)
+            published = public
+            await trio.sleep(PUBLIC_ROOMS_INTERVAL)
 
     async def _keep_bootstrap_peers(self) -> None:
         """Dial bootstrap peers we are not connected to, backing off while they are away."""
@@ -279,6 +322,7 @@ def node_from_options(
     listen: Sequence[str] = (),
     client_listen: str | None = None,
     allow_remote_clients: bool | None = None,
+    mdns: bool | None = None,
     control_socket: Path | None = None,
 ) -> Node:
     """The node ``p2pserver run`` starts (ConfigError for bad settings)."""
@@ -292,5 +336,6 @@ def node_from_options(
         listen=list(listen),
         client_listen=client_listen,
         allow_remote_clients=allow_remote_clients,
+        mdns=mdns,
     )
     return Node(config, control_socket=control_socket)

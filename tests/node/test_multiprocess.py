@@ -66,6 +66,9 @@ class NodeProcess:
             "--listen", f"/ip4/127.0.0.1/tcp/{self.port}",
             "--control-socket", str(self.socket),
             "--client-listen", "127.0.0.1:0",
+            # Loopback only: no multicast on the host's interfaces, and these
+            # tests need nodes that do not all find each other.
+            "--no-mdns",
         ]  # fmt: skip
         for address in bootstrap:
             args += ["--bootstrap", address]
@@ -304,7 +307,7 @@ def test_peers_command_shows_connected_and_known_peers(nodes):
 
 def test_run_refuses_a_bootstrap_address_without_a_peer_id(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(tmp_path)]
+        [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(tmp_path), "--no-mdns"]
         + ["--bootstrap", "/ip4/127.0.0.1/tcp/1"],
         capture_output=True,
         text=True,

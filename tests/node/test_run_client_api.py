@@ -18,7 +18,7 @@ def test_run_serves_the_client_api_and_logs_its_url_and_server_name(tmp_path):
         proc = subprocess.Popen(
             [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(tmp_path / "d")]
             + ["--listen", f"/ip4/127.0.0.1/tcp/{free_port()}"]
-            + ["--client-listen", f"127.0.0.1:{port}"],
+            + ["--client-listen", f"127.0.0.1:{port}", "--no-mdns"],
             stdout=out,
             stderr=out,
         )
@@ -55,7 +55,7 @@ def test_run_serves_the_client_api_and_logs_its_url_and_server_name(tmp_path):
 
 def test_run_refuses_a_remote_client_listen_without_the_option(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(tmp_path)]
+        [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(tmp_path), "--no-mdns"]
         + ["--client-listen", "0.0.0.0:0"],
         capture_output=True,
         text=True,
