@@ -61,4 +61,11 @@ def show(args: argparse.Namespace) -> int:
         except ValueError:
             peer_id = "?"
         print(f"  {name}  {peer_id}  {', '.join(flags)}")
+    around = status.get("around", [])
+    print(f"around    {len(around)} peers found (mDNS, DHT, bootstrap, connections)")
+    for peer in around:
+        seen = max(0.0, time.time() - peer.get("last_seen_ms", 0) / 1000)
+        names = ", ".join(peer.get("display_names", [])) or "-"
+        how = "+".join(peer.get("found_by", []))
+        print(f"  {peer.get('server_name')}  via {how}, seen {seen:.0f}s ago, users: {names}")
     return 0
