@@ -90,7 +90,6 @@ from p2pserver.transport.framing import (
     FrameError,
     FrameReader,
     Request,
-    Response,
     decode_request,
     decode_response,
     encode_request,
@@ -99,6 +98,7 @@ from p2pserver.transport.network import (
     DEFAULT_TIMEOUT,
     Network,
     PeerUnreachable,
+    PendingRequest,
     RequestTimeout,
     check_timeout,
     error_frame,
@@ -277,29 +277,12 @@ def configure_libp2p_logging() -> None:
 # --- per-peer state ---------------------------------------------------------------------
 
 
-class _Pending:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: Response | None = None
-        self.error: Exception | None = None
-
-    def resolve(self, response: Response) -> None:
-        if not self.done.is_set():
-            self.response = response
-            self.done.set()
-
-    def fail(self, error: Exception) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-
-
 class _Outbound:
     """Our request stream to one peer, with the requests waiting on it."""
 
     def __init__(self, stream: INetStream) -> None:
         self.stream = stream
-        self.pending: dict[int, _Pending] = {}
+        self.pending: dict[int, PendingRequest] = {}
         self.write_lock = trio.Lock()
         self.broken: str | None = None  # why, once it can no longer be used
 
@@ -631,7 +614,7 @@ class Libp2pNetwork(Network):
     async def _call(
         self, peer: _Peer, out: _Outbound, request_id: int, method: str, frame: bytes
     ) -> dict[str, Any]:
-        pending = out.pending[request_id] = _Pending()
+        pending = out.pending[request_id] = PendingRequest()
         peer.inflight_out += 1
         peer.last_active = trio.current_time()
         try:

@@ -44,7 +44,6 @@ from p2pserver.transport.framing import (
     HEADER_SIZE,
     FrameError,
     Request,
-    Response,
     decode_request,
     decode_response,
     encode_request,
@@ -53,6 +52,7 @@ from p2pserver.transport.network import (
     DEFAULT_TIMEOUT,
     Network,
     PeerUnreachable,
+    PendingRequest,
     RequestTimeout,
     TrafficCounters,
     check_timeout,
@@ -60,30 +60,11 @@ from p2pserver.transport.network import (
 )
 
 
-class _Pending:
-    """A request waiting for its response."""
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: Response | None = None
-        self.error: Exception | None = None
-
-    def resolve(self, response: Response) -> None:
-        if not self.done.is_set():
-            self.response = response
-            self.done.set()
-
-    def fail(self, error: Exception) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-
-
 class _Connection:
     def __init__(self, a: str, b: str) -> None:
         self.ends = (a, b)
         self.closed = False
-        self.pending: set[_Pending] = set()
+        self.pending: set[PendingRequest] = set()
 
 
 def _pair(a: str, b: str) -> frozenset[str]:
@@ -296,7 +277,7 @@ class MemoryNetwork(Network):
         hub = self._hub
         with trio.move_on_after(timeout):
             conn = await hub._connect(self, destination)
-            pending = _Pending()
+            pending = PendingRequest()
             conn.pending.add(pending)
             try:
                 hub._count_sent(self, destination, len(frame), method)
@@ -321,7 +302,7 @@ class MemoryNetwork(Network):
         conn: _Connection,
         caller: MemoryNetwork,
         frame: bytes,
-        pending: _Pending,
+        pending: PendingRequest,
         method: str,
     ) -> None:
         """Runs in this (the destination) node's nursery."""

@@ -258,6 +258,32 @@ class Network(abc.ABC):
             return error_frame(request.id, "M_UNKNOWN", "internal error")
 
 
+class PendingRequest:
+    """A request waiting for its response: resolved or failed once, then done.
+
+    Both implementations park callers on one of these while the answer
+    travels; the first outcome wins, so a late response after a timeout or
+    a broken link is simply ignored.
+    """
+
+    __slots__ = ("done", "response", "error")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.response: Response | None = None
+        self.error: Exception | None = None
+
+    def resolve(self, response: Response) -> None:
+        if not self.done.is_set():
+            self.response = response
+            self.done.set()
+
+    def fail(self, error: Exception) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
 def error_frame(
     request_id: int, errcode: str, message: str, retry_after_ms: int | None = None
 ) -> bytes:
