@@ -136,8 +136,10 @@ class ConvergeFuzzer(Simulation):
 
     async def run_tasks(self, nursery: trio.Nursery) -> None:
         total = self.spec.episodes
-        nursery.start_soon(self._sampler)
-        nursery.start_soon(self._ticker, float(total))
+        await nursery.start(self._observer)
+        self.observe(0.0, lambda: self._tick(float(total)), every=10.0)
+        interval = self.scenario.metrics.sample_interval
+        self.observe(interval, self.sample, every=interval)
         await self._start_nodes(nursery)
         await self._setup_room()
         try:
@@ -156,14 +158,9 @@ class ConvergeFuzzer(Simulation):
             self.failure = self.report(str(exc))
         self.sample()
 
-    def _ticker_position(self) -> float:
-        return float(len(self.episodes))
-
-    async def _ticker(self, end: float) -> None:
-        while True:
-            if self.progress is not None:
-                self.progress(self._ticker_position(), end, self.progress_note())
-            await trio.sleep(10.0)
+    def _tick(self, end: float) -> None:
+        if self.progress is not None:
+            self.progress(float(len(self.episodes)), end, self.progress_note())
 
     def progress_note(self) -> str:
         diverged = sum(1 for e in self.episodes if e["diverged"])

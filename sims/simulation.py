@@ -19,14 +19,17 @@ and one :class:`~sims.node.SimNode` per scenario node, then runs under
   ``traffic`` stream, then each send runs as a task of its sender node
   (a sender that is down or not joined skips its turn);
 - the timeline (``[[events]]``), in time order, file order on ties;
-- the samplers: state agreement every ``sample_interval``, convergence
-  watches after each heal, discovery completion, and a progress ticker.
+- the observer: state agreement every ``sample_interval``, convergence
+  watches after each heal, discovery completion and progress, all in one
+  task (:meth:`Simulation.observe`).
 
 Everything a node's *user* does runs as a task of that node
 (:meth:`SimNode.spawn`), so a crash cancels it like the rest of the node.
-The set of tasks never depends on whether anyone watches: the progress
-ticker runs with or without a callback, because an extra task would change
-trio's (seeded) scheduling and with it the results.
+Observation never changes the results: an extra task, or a task waking
+at the same instant as a node's timer, would change trio's (seeded)
+shuffle of runnable tasks and with it every later step. So all observation
+runs in one task that wakes only at offset instants, alone; what is
+observed, and how often, leaves the nodes' trajectory as it is.
 
 Convergence at time t: every running node whose user is joined in its own
 view has the same resolved room state (SHA-256 of the canonical JSON of its
@@ -41,6 +44,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import heapq
+import itertools
 import math
 import os
 import resource
@@ -70,6 +75,8 @@ ProgressCallback = Callable[[float, float, str], None]
 """``progress(virtual_now, virtual_end, note)``."""
 
 PROGRESS_STEPS = 200
+# Observation happens this long after round times, where no node timer fires.
+OBSERVER_OFFSET = 0.000_123_457
 INVITE_POLL = 0.25
 
 
@@ -134,6 +141,9 @@ class Simulation:
         self.room_id: str | None = None
         self.nodes: list[SimNode] = []
         self._fingerprints: dict[tuple[int, int], bytes] = {}
+        self._observations: list[tuple[float, int, Callable[[], bool | None], float | None]] = []
+        self._observation_seq = itertools.count()
+        self._observer_wait: trio.CancelScope | None = None
 
     # --- entry point ------------------------------------------------------------------
 
@@ -230,13 +240,15 @@ class Simulation:
 
     async def run_tasks(self, nursery: trio.Nursery) -> None:
         sc = self.scenario
-        nursery.start_soon(self._ticker, sc.duration)
-        nursery.start_soon(self._sampler)
+        await nursery.start(self._observer)
+        step = max(sc.duration / PROGRESS_STEPS, 1.0)
+        self.observe(0.0, lambda: self._tick(sc.duration), every=step)
+        self.observe(sc.metrics.sample_interval, self.sample, every=sc.metrics.sample_interval)
         if sc.room is not None and sc.room.setup == "prefab":
             await self.prefab_room()
         await self._start_nodes(nursery)
         if self.discovery_watch_needed():
-            nursery.start_soon(self._watch_discovery)
+            self.watch_discovery()
         if sc.room is not None:
             if sc.room.setup == "protocol":
                 nursery.start_soon(self._setup_room)
@@ -287,12 +299,42 @@ class Simulation:
             recorder.self_joined[index] = node.is_joined(self.room_id)
         node.federation.engine.notifier.add_listener(listener)
 
-    async def _ticker(self, end: float) -> None:
-        step = max(end / PROGRESS_STEPS, 1.0)
+    def _tick(self, end: float) -> None:
+        if self.progress is not None:
+            self.progress(self.now(), end, self.progress_note())
+
+    # --- the observer -----------------------------------------------------------------
+
+    def observe(
+        self, at: float, fn: Callable[[], bool | None], *, every: float | None = None
+    ) -> None:
+        """Call ``fn()`` at virtual time ``at`` (then every ``every`` s while it returns not False).
+
+        Observation must not change what it observes. It runs in one task
+        started with the run, whatever is observed, and it wakes only at
+        times offset by :data:`OBSERVER_OFFSET`, so it is alone in its
+        batch of trio's scheduler and leaves the scheduler's shuffles (and
+        so the nodes' timing) as they would be without it.
+        """
+        at = max(at, self.now()) + OBSERVER_OFFSET
+        heapq.heappush(self._observations, (at, next(self._observation_seq), fn, every))
+        wait = self._observer_wait
+        if wait is not None and self.t0 + at < wait.deadline:
+            wait.deadline = self.t0 + at
+
+    async def _observer(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        heap = self._observations
+        task_status.started()
         while True:
-            if self.progress is not None:
-                self.progress(self.now(), end, self.progress_note())
-            await trio.sleep(step)
+            now = self.now()
+            while heap and heap[0][0] <= now:
+                at, _, fn, every = heapq.heappop(heap)
+                if fn() is not False and every is not None:
+                    heapq.heappush(heap, (at + every, next(self._observation_seq), fn, every))
+            deadline = self.t0 + heap[0][0] if heap else math.inf
+            with trio.CancelScope(deadline=deadline) as self._observer_wait:
+                await trio.sleep_forever()
+            self._observer_wait = None
 
     def progress_note(self) -> str:
         return f"{len(self.recorder.messages)} msgs"
@@ -501,8 +543,8 @@ class Simulation:
         elif kind == "heal":
             self.hub.heal()
             self.log("heal")
-            self.nursery.start_soon(self._watch_convergence, len(self.recorder.convergence))
             self.recorder.convergence.append({})
+            self.watch_convergence(len(self.recorder.convergence) - 1)
         elif kind == "cut":
             self.hub.cut([names[i] for i in p["a"]], [names[i] for i in p["b"]])
             self.log("cut", p["a"], "from " + " ".join(map(str, p["b"])))
@@ -667,7 +709,7 @@ class Simulation:
             heads.add(tuple(sorted(node.store.forward_extremities(self.room_id))))
         self.recorder.agreement.append(
             {
-                "time": round(self.now(), 6),
+                "time": round(self.now(), 3),
                 "running": sum(1 for n in self.nodes if n.running),
                 "joined": len(joined),
                 "states": len(classes),
@@ -676,12 +718,6 @@ class Simulation:
                 "messages": len(self.recorder.messages),
             }
         )
-
-    async def _sampler(self) -> None:
-        interval = self.scenario.metrics.sample_interval
-        while True:
-            await trio.sleep(interval)
-            self.sample()
 
     def states_agree(self) -> bool:
         """Every running node joined in its own view holds the same resolved state."""
@@ -703,37 +739,50 @@ class Simulation:
                     return False
         return True
 
-    async def _watch_convergence(self, heal: int) -> None:
+    def watch_convergence(self, heal: int) -> None:
+        """From now, poll for convergence every ``convergence_poll`` s, for ``settle`` s at most."""
         metrics = self.scenario.metrics
         heal_at = self.now()
-        row: dict[str, Any] = {"heal": heal, "heal_at": round(heal_at, 6), "state_time": None}
-        while self.now() - heal_at <= metrics.settle:
-            if row["state_time"] is None and self.states_agree():
-                row["state_time"] = round(self.now() - heal_at, 6)
-            if self.converged():
-                row["converged_at"] = round(self.now(), 6)
-                row["convergence_time"] = round(self.now() - heal_at, 6)
-                row["converged"] = True
-                break
-            await trio.sleep(metrics.convergence_poll)
-        else:
-            row["converged_at"] = None
-            row["convergence_time"] = None
-            row["converged"] = False
+        row: dict[str, Any] = {
+            "heal": heal,
+            "heal_at": round(heal_at, 6),
+            "state_time": None,
+            "converged_at": None,
+            "convergence_time": None,
+            "converged": False,
+        }
         self.recorder.convergence[heal] = row
-        self.log("converged" if row["converged"] else "not_converged", (), f"heal {heal}")
+
+        def poll() -> bool:
+            # Milliseconds: finer than any poll interval, free of the observer's offset.
+            elapsed = round(self.now() - heal_at, 3)
+            if row["state_time"] is None and self.states_agree():
+                row["state_time"] = elapsed
+            if self.converged():
+                row.update(
+                    converged_at=round(self.now(), 6), convergence_time=elapsed, converged=True
+                )
+            elif elapsed + metrics.convergence_poll > metrics.settle:
+                row.update(converged_at=None, convergence_time=None, converged=False)
+            else:
+                return True
+            self.log("converged" if row["converged"] else "not_converged", (), f"heal {heal}")
+            return False
+
+        self.observe(heal_at, poll, every=metrics.convergence_poll)
 
     def discovery_watch_needed(self) -> bool:
         return any(seg.mdns for seg in self.hub.segments.values())
 
-    async def _watch_discovery(self) -> None:
+    def watch_discovery(self) -> None:
         """Record when each node first knows every other member of its segment."""
         pending = {
             n.index: seg
             for n in self.nodes
             if (seg := self.hub.segment_of(n.server_name)) is not None and seg.mdns
         }
-        while pending:
+
+        def poll() -> bool:
             for i in list(pending):
                 node = self.nodes[i]
                 net = node.network
@@ -742,7 +791,9 @@ class Simulation:
                 if pending[i].members - {node.server_name} <= net.known_peers():
                     self.recorder.discovery[i] = self.now()
                     del pending[i]
-            await trio.sleep(self.scenario.metrics.convergence_poll)
+            return bool(pending)
+
+        self.observe(0.0, poll, every=self.scenario.metrics.convergence_poll)
 
     # --- results ----------------------------------------------------------------------
 

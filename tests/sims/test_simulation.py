@@ -19,8 +19,9 @@ def test_partition_diverges_then_heals_and_is_measured(partition_result):
     assert summary["delivery"]["delivery_ratio"] == 1.0 and summary["delivery"]["messages"] > 40
     # The conflicting topics split the room's state while the link was down...
     during = [r for r in result.table("agreement") if 72 < r["time"] < 120]
-    assert during and all(r["states"] == 2 for r in during)
-    assert all(r["agreement"] == 0.5 for r in during)
+    assert during and all(r["states"] >= 2 for r in during)
+    # (each side agrees within itself once its topic has spread)
+    assert during[-1]["states"] == 2 and during[-1]["agreement"] == 0.5
     # ...and after the heal one resolved state wins everywhere, in measured time.
     (heal,) = result.table("convergence")
     assert heal["converged"] and heal["heal_at"] == 120
@@ -61,13 +62,32 @@ def test_same_seed_gives_identical_files_and_another_seed_does_not(tmp_path, par
     ).read_bytes()
 
 
-def test_watching_progress_does_not_change_the_results():
+def test_observing_does_not_change_the_results():
     calls = []
-    document = partition_document(**{"scenario.duration": 100})
-    watched = run_document(document, progress=lambda now, end, note: calls.append(now))
+    document = partition_document(**{"scenario.duration": 160})
     plain = run_document(document)
-    assert calls and calls[-1] == 100
+    watched = run_document(document, progress=lambda now, end, note: calls.append(now))
+    assert calls and calls[-1] == 160
     assert watched.tables == plain.tables and watched.summary == plain.summary
+    # Sampling more often, and polling for convergence more often, observe
+    # the same run: every message, delivery and byte is as it was.
+    closer = run_document(
+        partition_document(
+            **{
+                "scenario.duration": 160,
+                "metrics.sample_interval": 1.5,
+                "metrics.convergence_poll": 0.1,
+            }
+        )
+    )
+    for name in ("messages", "deliveries", "traffic"):
+        assert closer.tables[name] == plain.tables[name], name
+    assert len(closer.table("agreement")) > 3 * len(plain.table("agreement"))
+    (fine,) = closer.table("convergence")
+    (coarse,) = plain.table("convergence")
+    assert (
+        coarse["convergence_time"] - 0.5 <= fine["convergence_time"] <= coarse["convergence_time"]
+    )
 
 
 def test_outputs_load_as_tables_and_plots_are_written(tmp_path, partition_result):
