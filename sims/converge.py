@@ -211,7 +211,7 @@ class ConvergeFuzzer(Simulation):
                 "heal": episode,
                 "heal_at": row["heal_at"],
                 "state_time": self.state_time,
-                "converged_at": round(self.now(), 6) if converged else None,
+                "converged_at": round(self.now(), 3) if converged else None,
                 "convergence_time": row["convergence_time"],
                 "converged": converged,
             }

@@ -760,10 +760,10 @@ class Simulation:
                 row["state_time"] = elapsed
             if self.converged():
                 row.update(
-                    converged_at=round(self.now(), 6), convergence_time=elapsed, converged=True
+                    converged_at=round(self.now(), 3), convergence_time=elapsed, converged=True
                 )
             elif elapsed + metrics.convergence_poll > metrics.settle:
-                row.update(converged_at=None, convergence_time=None, converged=False)
+                row["converged"] = False
             else:
                 return True
             self.log("converged" if row["converged"] else "not_converged", (), f"heal {heal}")
@@ -814,7 +814,7 @@ class Simulation:
             tables["discovery"] = [
                 {
                     "node": i,
-                    "complete_at": round(rec.discovery[i], 6) if i in rec.discovery else None,
+                    "complete_at": round(rec.discovery[i], 3) if i in rec.discovery else None,
                 }
                 for i in range(len(self.nodes))
                 if self.hub.segment_of(names[i]) is not None
