@@ -10,14 +10,20 @@ Usage: .venv/bin/python benchmarks/client.py [--rooms 20] [--messages 10] [--sam
   ``/_matrix/client/versions``. Target: <= 1 s.
 - idle RSS: the same process's resident memory one second after it first
   answered. Target: <= 60 MiB.
-
-Cross-node latency (send on one node -> delivery in the other user's /sync)
-needs ``p2pserver run`` to serve the client API: see the TODO at the end.
+- idle RSS of a full node: a fresh ``p2pserver run`` (client API, libp2p,
+  federation, discovery; ``--no-mdns``, loopback only, no peers), 2 s after
+  its "ready" log line; median of ``--startup-runs``. No target yet.
+- cross-node latency: two ``p2pserver run`` processes on 127.0.0.1 (the
+  second bootstraps to the first), one user on each in one room, each with
+  a long-polling /sync loop running. ``--latency-messages`` messages,
+  alternating senders, one at a time: from just before the PUT /send to the
+  event's arrival in the other user's /sync. p50 / p95. Target: p50 <= 15 ms.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import socket
 import statistics
 import subprocess
@@ -35,6 +41,10 @@ from p2pserver.engine import RoomEngine
 from p2pserver.node.config import NodeConfig
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage import Store
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from tests.clientapi.test_two_nodes import ClientNode, start_two_nodes  # noqa: E402
 
 V3 = "/_matrix/client/v3"
 
@@ -161,7 +171,118 @@ def startup(runs: int) -> None:
         f"start-up to first /versions: p50={pct(times, 50) * 1000:.0f} ms  "
         f"max={max(times) * 1000:.0f} ms over {runs} runs  (target <= 1000 ms)"
     )
-    print(f"idle RSS after start-up: {pct(rss, 50):.1f} MiB  (target <= 60 MiB)")
+    print(
+        f"idle RSS, client API only (python -m p2pserver.clientapi, 1 s after first "
+        f"answer): {pct(rss, 50):.1f} MiB  (target <= 60 MiB)"
+    )
+
+
+def full_node_rss(runs: int) -> None:
+    rss = []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory(prefix="p2pb", dir="/tmp") as root:
+            node = ClientNode(Path(root), "n").start()
+            try:
+                assert node.proc is not None
+                time.sleep(2)
+                rss.append(rss_mib(node.proc.pid))
+            finally:
+                node.stop()
+    print(
+        f"idle RSS, full `p2pserver run` node (2 s after 'ready', no peers): "
+        f"{pct(rss, 50):.1f} MiB  (median of {runs}; max {max(rss):.1f} MiB)"
+    )
+
+
+async def _latency(n1: ClientNode, n2: ClientNode, messages: int) -> list[float]:
+    async with (
+        httpx.AsyncClient(base_url=n1.url, timeout=60) as h1,
+        httpx.AsyncClient(base_url=n2.url, timeout=60) as h2,
+    ):
+        users: list[tuple[httpx.AsyncClient, dict[str, str]]] = []
+        user_ids = []
+        for http, name in ((h1, "alice"), (h2, "bob")):
+            body = {"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}
+            data = (await http.post(f"{V3}/register", json=body)).json()
+            users.append((http, {"Authorization": f"Bearer {data['access_token']}"}))
+            user_ids.append(data["user_id"])
+        created = await h1.post(
+            f"{V3}/createRoom",
+            headers=users[0][1],
+            json={"preset": "private_chat", "invite": [user_ids[1]]},
+        )
+        room_id = created.json()["room_id"]
+        # (index of the user whose /sync saw it, event ID or "join <user>") -> perf_counter
+        arrived: dict[tuple[int, str], float] = {}
+        changed = asyncio.Condition()
+
+        async def sync_loop(me: int) -> None:
+            http, headers = users[me]
+            params = {"timeout": "30000"}
+            while True:
+                response = await http.get(f"{V3}/sync", headers=headers, params=params)
+                now = time.perf_counter()
+                data = response.json()
+                params["since"] = data["next_batch"]
+                room = data.get("rooms", {}).get("join", {}).get(room_id, {})
+                for event in room.get("timeline", {}).get("events", []):
+                    arrived.setdefault((me, event["event_id"]), now)
+                    if (
+                        event["type"] == "m.room.member"
+                        and event["content"]["membership"] == "join"
+                    ):
+                        arrived.setdefault((me, f"join {event['state_key']}"), now)
+                async with changed:
+                    changed.notify_all()
+
+        async def seen(me: int, key: str) -> float:
+            async with changed:
+                await asyncio.wait_for(changed.wait_for(lambda: (me, key) in arrived), 30)
+            return arrived[(me, key)]
+
+        loops = [asyncio.create_task(sync_loop(me)) for me in (0, 1)]
+        try:
+            # Bob's node must have had the invite before it can join.
+            h2, bh = users[1]
+            for _ in range(300):
+                if (await h2.post(f"{V3}/join/{room_id}", headers=bh)).status_code == 200:
+                    break
+                await asyncio.sleep(0.05)
+            await seen(0, f"join {user_ids[1]}")
+            times = []
+            for i in range(messages + 10):  # the first 10 warm up
+                sender = i % 2
+                http, headers = users[sender]
+                started = time.perf_counter()
+                response = await http.put(
+                    f"{V3}/rooms/{room_id}/send/m.room.message/lat{i}",
+                    headers=headers,
+                    json={"msgtype": "m.text", "body": f"m{i}"},
+                )
+                response.raise_for_status()
+                delivered = await seen(1 - sender, response.json()["event_id"])
+                if i >= 10:
+                    times.append((delivered - started) * 1000)
+            return times
+        finally:
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
+
+
+def cross_node_latency(messages: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="p2pb", dir="/tmp") as root:
+        n1, n2 = start_two_nodes(Path(root))
+        try:
+            times = asyncio.run(_latency(n1, n2, messages))
+        finally:
+            n2.stop()
+            n1.stop()
+    print(
+        f"cross-node latency, send -> other user's long-poll /sync, {messages} messages "
+        f"(alternating directions): p50={pct(times, 50):.1f} ms  p95={pct(times, 95):.1f} ms  "
+        f"max={max(times):.1f} ms  (target p50 <= 15 ms)"
+    )
 
 
 def main() -> None:
@@ -170,16 +291,12 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10)
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--startup-runs", type=int, default=5)
+    parser.add_argument("--latency-messages", type=int, default=200)
     args = parser.parse_args()
     initial_sync(args.rooms, args.messages, args.samples)
     startup(args.startup_runs)
-    # TODO(federation): cross-node latency, p50/p95 over 200 messages from a
-    # user on one node to a user on another (two `p2pserver run` nodes on
-    # loopback), measured from the send's answer to the event's arrival in
-    # the other user's long-polling /sync. Target p50 <= 15 ms. Needs
-    # `p2pserver run` to start the client API (serve_client_api with
-    # FederationRemote), which p2pserver/node does not do yet.
-    print("cross-node latency: not measured (`p2pserver run` does not serve the client API yet)")
+    full_node_rss(args.startup_runs)
+    cross_node_latency(args.latency_messages)
 
 
 if __name__ == "__main__":
