@@ -44,6 +44,13 @@ Joining through a resident (:meth:`RoomEngine.accept_send_join`) takes the
 ``send_join`` answer's state, each event checked, as the state before our
 join: an event after a gap whose state we were given.
 
+Gaps. The prev events an accepted event lacked when we took the state at
+the gap from a peer are recorded (while a user of ours is joined: history
+from before we were in the room is not fetched by itself), and
+:meth:`RoomEngine.receive_history` fills them with events a peer sends:
+only events before the gap are taken, checked with steps 1-5 (step 6 is
+for new events), and they never become forward extremities.
+
 Dropped events are not stored. Rejected events are stored as rejected so
 they are not fetched and checked again, and are never served or used as
 valid (see :mod:`p2pserver.storage.store`). If an event cannot be decided
@@ -81,6 +88,7 @@ in redacted form, which keeps the DAG whole without leaking content.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
@@ -133,6 +141,8 @@ MISSING_EVENTS_LIMIT = 10
 # retires forward extremities.
 _MAX_RETIRE_WALK = 100
 MAX_DEPTH = 2**53 - 1
+# How many fills a gap gets before we give up on it.
+GAP_ATTEMPTS = 3
 
 
 class NotFound(MatrixError):
@@ -198,6 +208,8 @@ class _StateBefore:
     bases: Sequence[int]
     # Part of ``state`` came from a peer: the state at prev events we lack.
     gap: bool = False
+    # The event fills a gap before accepted events of ours (receive_history).
+    backfill: bool = False
 
 
 _EMPTY_STATE = _StateBefore({}, None, ())
@@ -408,11 +420,14 @@ class RoomEngine:
                 return room_version
         raise _Dropped(None, f"unknown room {room_id} and its create event could not be had")
 
-    async def _process_incoming(self, origin: str, event: Event, *, pulled: bool) -> PduResult:
+    async def _process_incoming(
+        self, origin: str, event: Event, *, pulled: bool, backfill: bool = False
+    ) -> PduResult:
         """Steps 2-6 for one event; the room's lock is held.
 
         ``pulled``: the event came from /get_missing_events, so its own
         missing prev events are not asked for again (no recursion).
+        ``backfill``: it fills a gap (see :meth:`receive_history`).
         """
         existing = self._held_copy(event)
         if existing is not None and existing.status != EventStatus.OUTLIER:
@@ -433,7 +448,7 @@ class RoomEngine:
         try:
             fetches = self._fetches
             await self._ensure_auth_events(origin, event)
-            before = await self._state_before(origin, event, pulled=pulled)
+            before = await self._state_before(origin, event, pulled=pulled, backfill=backfill)
             if self._fetches != fetches:
                 # Fetching may have stored this very event meanwhile (a peer
                 # can list it among the state it sends): go on from the store.
@@ -473,6 +488,54 @@ class RoomEngine:
         """Steps 4-6 and the commit, for an event whose state before is known."""
         status, reason = self._check_auth(event, before)
         return PduResult.of(self._commit(event, status, reason, before, existing=existing))
+
+    async def receive_history(
+        self, origin: str, room_id: str, pdus: Iterable[object]
+    ) -> list[PduResult]:
+        """Fill gaps before accepted events of ours with ``pdus`` (fetched from ``origin``).
+
+        A gap is the prev events an event accepted on state from a peer
+        lacked (:meth:`gaps`). Only the ``pdus`` that are such a prev event,
+        or reached from one through prev events among them, are taken, so a
+        peer cannot pass anything else off as history; the rest are dropped.
+        They are checked oldest first with steps 1-5 like any PDU (their own
+        missing prev events fetched as usual), but not step 6: they are no
+        new events, the spec soft-fails "a new event" (Synapse does not
+        check backfilled events either). They never become forward
+        extremities (our accepted events follow them); the prev events they
+        point at stop being ones. A gap this does not fill is tried again
+        later (another peer may hold it), :data:`GAP_ATTEMPTS` times in all.
+        """
+        room_version = self.store.room_version(room_id)
+        if room_version is None:
+            return [PduResult(None, None, f"unknown room {room_id}")]
+        gaps = self.store.gaps(room_id)
+        parsed: dict[str, Event] = {}
+        results: list[PduResult] = []
+        for pdu in pdus:
+            try:
+                event = parse_pdu(pdu, room_version)
+            except MatrixError as exc:
+                results.append(PduResult(None, None, f"format: {exc.message}"))
+                continue
+            if event.room_id == room_id:
+                parsed[event.event_id] = event
+        history = _before(gaps, parsed)
+        results += [
+            PduResult(e, None, "not before a gap of ours") for e in parsed if e not in history
+        ]
+        async with self._lock(room_id):
+            for event in _prev_events_first(history):
+                results.append(
+                    await self._process_incoming(origin, event, pulled=False, backfill=True)
+                )
+            with self.store.transaction():
+                self.store.gaps_tried(room_id, gaps, max_attempts=GAP_ATTEMPTS)
+        return results
+
+    def gaps(self, room_id: str) -> list[str]:
+        """Prev events we lack of events we accepted after a gap (see :meth:`receive_history`)."""
+        return self.store.gaps(room_id)
 
     # -- joining through a resident server -----------------------------------
 
@@ -669,20 +732,24 @@ class RoomEngine:
 
     # -- step 5: the state before the event ------------------------------------
 
-    async def _state_before(self, origin: str, event: Event, *, pulled: bool) -> _StateBefore:
+    async def _state_before(
+        self, origin: str, event: Event, *, pulled: bool, backfill: bool = False
+    ) -> _StateBefore:
         prevs = list(dict.fromkeys(event.prev_event_ids))
         metas = self.store.event_metas(prevs)
         missing = [p for p in prevs if p not in metas or not metas[p].has_state]
         if missing and not pulled and self.peers is not None:
-            await self._fetch_missing_prev_events(origin, event)
+            await self._fetch_missing_prev_events(origin, event, backfill=backfill)
             metas = self.store.event_metas(prevs)
             missing = [p for p in prevs if p not in metas or not metas[p].has_state]
         if not missing:
-            return self._state_before_held(event)
+            held = self._state_before_held(event)
+            return dataclasses.replace(held, backfill=True) if backfill else held
         groups = _state_after_groups(metas[p] for p in prevs if p not in missing)
         fetched = [await self._fetch_state_after(origin, event, p) for p in missing]
         state_sets = [self.store.state_map(g) for g in groups] + fetched
-        return _StateBefore(self._resolve(event, state_sets), None, groups, gap=True)
+        resolved = self._resolve(event, state_sets)
+        return _StateBefore(resolved, None, groups, gap=True, backfill=backfill)
 
     def _state_before_held(self, event: Event) -> _StateBefore:
         """The state before an event whose prev events are all held with their state."""
@@ -701,8 +768,14 @@ class RoomEngine:
         except MatrixError as exc:
             raise _Dropped(event.event_id, f"state resolution failed: {exc.message}") from None
 
-    async def _fetch_missing_prev_events(self, origin: str, event: Event) -> None:
-        """``/get_missing_events`` from ``origin``; process what comes back, oldest first."""
+    async def _fetch_missing_prev_events(
+        self, origin: str, event: Event, *, backfill: bool = False
+    ) -> None:
+        """``/get_missing_events`` from ``origin``; process what comes back, oldest first.
+
+        Only events before ``event`` (reached through prev events among
+        those returned) are taken.
+        """
         assert self.peers is not None
         room_id = event.room_id
         try:
@@ -726,8 +799,8 @@ class RoomEngine:
                 continue
             if missing_event.room_id == room_id and missing_event.event_id != event.event_id:
                 pulled[missing_event.event_id] = missing_event
-        for missing_event in sorted(pulled.values(), key=lambda e: (e.depth, e.event_id)):
-            await self._process_incoming(origin, missing_event, pulled=True)
+        for missing_event in _prev_events_first(_before(event.prev_event_ids, pulled)):
+            await self._process_incoming(origin, missing_event, pulled=True, backfill=backfill)
 
     async def _fetch_state_after(self, origin: str, event: Event, prev_id: str) -> StateMap:
         """The state after a prev event we cannot get with its state, from ``origin``."""
@@ -799,6 +872,11 @@ class RoomEngine:
             except AuthError as exc:
                 return EventStatus.REJECTED, f"state before the event: {exc.message}"
         # 6. Against the current state (no need when that is the state before).
+        #    Only for new events: one that fills a gap before accepted events
+        #    of ours is history (the spec soft-fails "a new event"; Synapse
+        #    does not check backfilled events either).
+        if before.backfill:
+            return EventStatus.ACCEPTED, None
         current = self._current_state_for(event, before)
         if current is not None:
             try:
@@ -894,23 +972,48 @@ class RoomEngine:
         updates: list[RoomUpdate] = []
         delta: Mapping[StateKey, str | None] = {}
         if status == EventStatus.ACCEPTED:
-            delta = self._advance_room(event, meta)
+            if before.gap and not before.backfill:
+                self._record_gap(event)
+            delta = self._advance_room(event, meta, backfill=before.backfill)
             assert meta.stream_ordering is not None
             updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
         if destinations:
             store.outbound.enqueue_pdu(destinations, meta.nid)
         return meta, updates
 
-    def _advance_room(self, event: Event, meta: EventMeta) -> Mapping[StateKey, str | None]:
-        """Update the forward extremities and the current state for an accepted event."""
+    def _record_gap(self, event: Event) -> None:
+        """Remember the prev events we lack of an event accepted after a gap, to be filled.
+
+        Only while a user of ours is joined: history from before we were in
+        the room is not fetched by itself. (Events that fill a gap never
+        record one: each gap is filled once, as far as the filler goes.)
+        """
+        if self.server_name not in self.store.joined_servers(event.room_id):
+            return
+        metas = self.store.event_metas(event.prev_event_ids)
+        missing = [
+            p
+            for p in dict.fromkeys(event.prev_event_ids)
+            if p not in metas or metas[p].status == EventStatus.OUTLIER
+        ]
+        self.store.add_gaps(event.room_id, missing)
+
+    def _advance_room(
+        self, event: Event, meta: EventMeta, *, backfill: bool = False
+    ) -> Mapping[StateKey, str | None]:
+        """Update the forward extremities and the current state for an accepted event.
+
+        An event that fills a gap retires its prev events but is never an
+        extremity itself: accepted events of ours follow it.
+        """
         store = self.store
         room_id = event.room_id
         old = store.forward_extremities(room_id)
         extremities = set(old)
         extremities.difference_update(self._retired_extremities(event))
-        if not store.has_accepted_child(event.event_id):
+        if not backfill and not store.has_accepted_child(event.event_id):
             extremities.add(event.event_id)
-        if extremities == set(old):
+        if extremities == set(old) or not extremities:
             return {}
         store.set_forward_extremities(room_id, extremities)
         if extremities == {event.event_id}:
@@ -1493,13 +1596,37 @@ def _auth_dependencies(event: Event) -> set[str]:
     return ids
 
 
+def _before(heads: Iterable[str], events: Mapping[str, Event]) -> dict[str, Event]:
+    """Those of ``events`` reached from ``heads`` through prev events among them."""
+    found: dict[str, Event] = {}
+    todo = [h for h in heads if h in events]
+    while todo:
+        event_id = todo.pop()
+        if event_id not in found:
+            found[event_id] = events[event_id]
+            todo += [p for p in events[event_id].prev_event_ids if p in events]
+    return found
+
+
+def _prev_events_first(events: Mapping[str, Event]) -> list[Event]:
+    """``events`` ordered so each comes after those of its prev events among them."""
+    return _dependencies_first(events, lambda e: set(e.prev_event_ids))
+
+
 def _auth_events_first(events: Mapping[str, Event]) -> list[Event]:
-    """``events`` ordered so each comes after those of its auth events among them.
+    """``events`` ordered so each comes after those of its auth events among them."""
+    return _dependencies_first(events, _auth_dependencies)
+
+
+def _dependencies_first(
+    events: Mapping[str, Event], dependencies: Callable[[Event], set[str]]
+) -> list[Event]:
+    """``events`` ordered so each comes after its dependencies among them (then by depth).
 
     Events on a cycle (only forged IDs could make one) are left out.
     """
     waiting_on = {
-        event_id: {a for a in _auth_dependencies(event) if a in events and a != event_id}
+        event_id: {a for a in dependencies(event) if a in events and a != event_id}
         for event_id, event in events.items()
     }
     cited_by: dict[str, list[str]] = {}

@@ -186,6 +186,7 @@ class FederationServer:
 
     async def _receive_pdus(self, origin: str, pdus: list[Any]) -> dict[str, dict[str, str]]:
         results: dict[str, dict[str, str]] = {}
+        rooms: set[str] = set()
         for result in await self.engine.receive_transaction(origin, pdus):
             if result.event_id is None:
                 logger.info("dropped a PDU from %s: %s", origin[:8], result.reason)
@@ -199,8 +200,11 @@ class FederationServer:
             if event is None:
                 continue
             self.knowledge.record(origin, event.room_id, [event.event_id])
+            rooms.add(event.room_id)
             if self._first_accepted(event.event_id):
                 self.sender.relay(event, received_from=origin)
+        for room_id in rooms:
+            self.sync.gaps_found(origin, room_id)  # events before these we could not fetch
         return results
 
     async def _receive_edus(self, origin: str, edus: list[Any]) -> None:

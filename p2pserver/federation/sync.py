@@ -45,6 +45,13 @@ peer as the spec allows. One catch-up per room runs at a time.
 Pushed PDUs are not preceded by a catch-up: the engine fetches what comes
 before them itself, as the spec says (``/get_missing_events``, then the
 state at a gap), and the exchanges above fill what pushes miss.
+
+Filling gaps (``fill_gaps``): an event the engine accepted on the state at
+a gap leaves the events before it missing from our timeline. Whenever a
+room has such gaps (after a transaction, a catch-up, and at each periodic
+round), they are collected from a peer as in a catch-up and handed to the
+engine as history (:meth:`~p2pserver.engine.engine.RoomEngine.receive_history`),
+one fill per room at a time.
 """
 
 from __future__ import annotations
@@ -126,6 +133,7 @@ class RoomSync:
         self._nursery: trio.Nursery | None = None
         self._round = 0
         self._restoring: set[str] = set()
+        self._filling: set[str] = set()
         # Counters for tests and benchmarks.
         self.exchanges = 0
         self.events_pulled = 0
@@ -200,6 +208,8 @@ class RoomSync:
             others.sort(key=lambda s: (s not in connected, _rank(self._round, room_id, s)))
             for server in others[: self.fanout]:
                 plan.setdefault(server, []).append(room_id)
+            if others:
+                self.gaps_found(others[0], room_id)
         self._start_exchanges(plan)
         return plan
 
@@ -281,7 +291,47 @@ class RoomSync:
                     peer[:8],
                     accepted,
                 )
-            return accepted
+        self.gaps_found(peer, room_id)  # beyond max_catchup_events
+        return accepted
+
+    def gaps_found(self, peer: str, room_id: str) -> None:
+        """If the room has gaps, fill them from ``peer`` in the background."""
+        if self._nursery is not None and room_id not in self._filling and self.engine.gaps(room_id):
+            self._filling.add(room_id)
+            self._nursery.start_soon(self.fill_gaps, peer, room_id)
+
+    async def fill_gaps(self, peer: str, room_id: str) -> int:
+        """Fetch the events of the room's gaps from ``peer``; return how many we accepted.
+
+        A gap is what an event accepted on the state at a gap lacked before
+        it (:meth:`RoomEngine.receive_history`). Its events are collected
+        as :meth:`catch_up` does, up to ``max_catchup_events``, and the
+        engine takes those that are before the gap, oldest first.
+        """
+        self._filling.add(room_id)
+        lock = self._room_locks.setdefault(room_id, trio.Lock())
+        try:
+            async with lock, self._limiter:
+                gaps = self.engine.gaps(room_id)
+                if not gaps:
+                    return 0
+                collected = await self._collect(peer, room_id, gaps)
+                results = await self.engine.receive_history(
+                    peer, room_id, [e.get_pdu_json() for e in collected.values()]
+                )
+        finally:
+            self._filling.discard(room_id)
+        accepted = sum(r.accepted for r in results)
+        self.events_pulled += accepted
+        logger.info(
+            "filled %d of %d gaps of %s from %s: %d events accepted",
+            len(gaps) - len(self.engine.gaps(room_id)),
+            len(gaps),
+            room_id,
+            peer[:8],
+            accepted,
+        )
+        return accepted
 
     async def restore_stripped(self, room_id: str) -> int:
         """Fetch whole copies of the room's events we hold stripped; return how many we got.

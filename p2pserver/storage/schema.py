@@ -39,7 +39,9 @@ Theory of the tables (version 1):
 Later steps: 2 and 3 are the client API's tables
 (:mod:`p2pserver.storage.accounts`, :mod:`p2pserver.storage.e2ee`); 4 indexes
 the events held redacted (``events_stripped``), which are fetched again
-whole once we may see them.
+whole once we may see them; 5 adds ``event_gaps``: per room, the prev events
+we lack of events accepted on state taken from a peer (a gap in our DAG),
+with how often filling each was tried.
 """
 
 from __future__ import annotations
@@ -168,4 +170,16 @@ def _stripped_index(conn: apsw.Connection) -> None:
     conn.execute("CREATE INDEX events_stripped ON events(room_id, depth) WHERE redacted = 1")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1, _stripped_index)
+def _gaps(conn: apsw.Connection) -> None:
+    """Step 5: the prev events we lack of events accepted after a gap."""
+    conn.execute(
+        """CREATE TABLE event_gaps (
+               room_id TEXT NOT NULL,
+               event_id TEXT NOT NULL,
+               attempts INTEGER NOT NULL DEFAULT 0,
+               PRIMARY KEY (room_id, event_id)
+           ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1, _stripped_index, _gaps)

@@ -21,6 +21,9 @@ Rules:
 - An event stored in redacted form (its content hash did not match: a
   server served it stripped) is replaced by the full copy once one arrives
   (:meth:`Store.replace_stripped`); nothing else about it changes.
+- Gaps (``event_gaps``): prev events the engine recorded as missing before
+  an accepted event; one stays until it is in the DAG or filling it was
+  tried often enough (:meth:`Store.gaps_tried`).
 """
 
 from __future__ import annotations
@@ -598,6 +601,42 @@ class Store:
                 (event_id,),
             )
         ]
+
+    def add_gaps(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Record prev events we lack of an accepted event (inside a transaction)."""
+        self.db.executemany(
+            "INSERT OR IGNORE INTO event_gaps (room_id, event_id) VALUES (?, ?)",
+            [(room_id, e) for e in event_ids],
+        )
+
+    def gaps(self, room_id: str) -> list[str]:
+        """The room's recorded gaps that are still missing from the DAG."""
+        return [
+            r[0]
+            for r in self.db.query(
+                """SELECT g.event_id FROM event_gaps g LEFT JOIN events e USING (event_id)
+                   WHERE g.room_id = ? AND (e.status IS NULL OR e.status = 'outlier')
+                   ORDER BY g.event_id""",
+                (room_id,),
+            )
+        ]
+
+    def gaps_tried(self, room_id: str, event_ids: Iterable[str], *, max_attempts: int) -> None:
+        """One more try at filling these gaps (inside a transaction): filled or spent ones go."""
+        ids = list(event_ids)
+        self.db.executemany(
+            "UPDATE event_gaps SET attempts = attempts + 1 WHERE room_id = ? AND event_id = ?",
+            [(room_id, e) for e in ids],
+        )
+        self.db.execute(
+            """DELETE FROM event_gaps WHERE room_id = ? AND (attempts >= ? OR event_id IN
+                   (SELECT event_id FROM events WHERE status != 'outlier'
+                    AND event_id IN (SELECT event_id FROM event_gaps WHERE room_id = ?)))""",
+            (room_id, max_attempts, room_id),
+        )
+
+    def rooms_with_gaps(self) -> list[str]:
+        return [r[0] for r in self.db.query("SELECT DISTINCT room_id FROM event_gaps")]
 
     def min_depth(self, room_id: str) -> int:
         row = self.db.query_one(

@@ -126,3 +126,50 @@ async def test_the_create_event_decides_the_version_not_the_hint() -> None:
     # An unknown version hint is a format error too.
     result = await other.receive_pdu(a.server_name, pdu, room_version="999")
     assert result.status is None and "format" in (result.reason or "")
+
+
+@trio_test
+async def test_a_gap_is_recorded_and_filled_with_history() -> None:
+    room = await make_room(3, power={2: 50})
+    (a, b, c), rid = room.engines, room.room_id
+    alice, carol = room.users[0], room.users[2]
+    room.net.offline.add(b.server_name)
+    early = [await c.send_message(rid, carol, {"body": f"carol {i}"}) for i in range(5)]
+    await room.net.deliver()
+    await a.kick(rid, alice, carol)  # carol's messages stay history
+    for i in range(25):
+        await a.send_message(rid, alice, {"body": str(i)})
+    last = await a.send_message(rid, alice, {"body": "last"})
+    await room.net.deliver()
+    room.net.offline.clear()
+    old_tips = b.forward_extremities(rid)
+    pdu = a.store.load_event(last).get_pdu_json()  # type: ignore[union-attr]
+    assert (await b.receive_pdu(a.server_name, pdu)).status == EventStatus.ACCEPTED
+    gaps = b.gaps(rid)
+    assert gaps and b.store.event_meta(early[0]) is None
+    assert set(b.forward_extremities(rid)) == {*old_tips, last}
+    state = b.room_state(rid)
+    # What a filler collects: the gap's events, and one event of no gap of ours.
+    history = a.on_backfill(b.server_name, rid, gaps, 100)
+    stranger = await a.send_message(rid, alice, {"body": "after"})
+    extra = a.store.load_event(stranger).get_pdu_json()  # type: ignore[union-attr]
+    results = await b.receive_history(a.server_name, rid, [*history, extra])
+    assert all(r.accepted for r in results if r.event_id != stranger)
+    assert next(r for r in results if r.event_id == stranger).status is None
+    for event_id in early:  # sent before the kick: history, not soft failed
+        assert b.store.event_meta(event_id).status == EventStatus.ACCEPTED  # type: ignore[union-attr]
+    assert b.gaps(rid) == []
+    assert b.forward_extremities(rid) == [last]  # the old tips are behind it now
+    assert b.room_state(rid) == state
+    assert b.store.check_consistency() == []
+
+
+@trio_test
+async def test_no_gap_is_recorded_for_history_before_we_were_in_the_room() -> None:
+    net = LocalNetwork()
+    a, alice, rid = await _busy_room(net)
+    b = net.add_engine()
+    invite = await a.invite(rid, alice, user(b, "bob"))
+    pdu = a.store.load_event(invite).get_pdu_json()  # type: ignore[union-attr]
+    assert (await b.receive_pdu(a.server_name, pdu)).status == EventStatus.ACCEPTED
+    assert b.gaps(rid) == []
