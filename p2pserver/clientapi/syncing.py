@@ -405,7 +405,13 @@ class SyncGatherer:
         }
 
     def _unread(self, room_id: str, current: Mapping[Any, str], joined_at: int) -> tuple[int, int]:
-        """Counts over the events after the user's read receipt, or join (at most UNREAD_SCAN)."""
+        """Counts over the newest UNREAD_SCAN events after the user's read receipt, or join.
+
+        Each event's (notify, highlight) is kept for the room, so while the
+        inputs below are unchanged a new event costs one evaluation rather
+        than a recount of the whole window (a live conversation syncs after
+        every message); the window is the same one a recount would scan.
+        """
         accounts = self.api.accounts
         read_after = joined_at
         for receipt in accounts.receipts(room_id):
@@ -418,35 +424,46 @@ class SyncGatherer:
                     read_after = max(read_after, meta.stream_ordering)
         profile = accounts.user(self.user_id)
         display_name = profile.displayname if profile else None
-        # The counts depend only on these; an unchanged room answers from memory.
+        member_count = sum(1 for _, m in self.api.reads.members(room_id) if m == "join")
+        # The counts depend only on these, and on the events after read_after.
         inputs = (
             read_after,
-            self.api.reads.latest_stream(room_id),
             accounts.account_data_position(self.user_id, None, "m.push_rules"),
             display_name,
+            current.get(("m.room.power_levels", "")),
+            member_count,
         )
+        latest = self.api.reads.latest_stream(room_id)
         cached = self.api.unread_counts.get((self.user_id, room_id))
-        if cached is not None and cached[0] == inputs:
-            return cached[1]
-        counts = self._count_unread(room_id, current, read_after, display_name)
-        self.api.unread_counts[(self.user_id, room_id)] = (inputs, counts)
+        window: list[tuple[int, int]] = []  # (notify, highlight) per event, oldest first
+        after = read_after
+        if cached is not None and cached[0][0] == inputs:
+            _, counted_to, window = cached[0]
+            if counted_to == latest:
+                return cached[1]
+            after = counted_to
+        window = [*window, *self._unread_flags(room_id, current, after, display_name, member_count)]
+        window = window[-UNREAD_SCAN:]
+        counts = (sum(n for n, _ in window), sum(h for _, h in window))
+        self.api.unread_counts[(self.user_id, room_id)] = ((inputs, latest, window), counts)
         return counts
 
-    def _count_unread(
-        self, room_id: str, current: Mapping[Any, str], read_after: int, display_name: str | None
-    ) -> tuple[int, int]:
+    def _unread_flags(
+        self,
+        room_id: str,
+        current: Mapping[Any, str],
+        after: int,
+        display_name: str | None,
+        member_count: int,
+    ) -> list[tuple[int, int]]:
+        """(notify, highlight) of each of the newest UNREAD_SCAN events after ``after``."""
         rows = self.api.reads.room_events(
-            room_id, after=read_after, before=2**62, limit=UNREAD_SCAN, newest_first=True
+            room_id, after=after, before=2**62, limit=UNREAD_SCAN, newest_first=True
         )
         if not rows:
-            return 0, 0
-        events = [
-            e
-            for e in self.store.load_events(r[0] for r in rows).values()
-            if e.sender != self.user_id
-        ]
-        if not events:
-            return 0, 0
+            return []
+        loaded_events = self.store.load_events(r[0] for r in rows)
+        events = [loaded_events.get(r[0]) for r in reversed(rows)]
         ruleset = self._ruleset()
         keys = (("m.room.create", ""), ("m.room.power_levels", ""))
         loaded = self.store.load_events(current[k] for k in keys if k in current)
@@ -458,8 +475,6 @@ class SyncGatherer:
             if isinstance(notifications, dict)
             else {}
         )
-        member_count = sum(1 for _, m in self.api.reads.members(room_id) if m == "join")
-
         facts = RoomFacts(
             user_id=self.user_id,
             display_name=display_name,
@@ -467,5 +482,10 @@ class SyncGatherer:
             notification_levels=levels,
             power_of=lambda sender: get_user_power_level(sender, auth_state),
         )
-        formatted = [e.get_pdu_json() | {"event_id": e.event_id} for e in events]
-        return count_unread(ruleset, formatted, room_id, facts)
+        # The user's own events never count.
+        return [
+            count_unread(ruleset, [e.get_pdu_json() | {"event_id": e.event_id}], room_id, facts)
+            if e is not None and e.sender != self.user_id
+            else (0, 0)
+            for e in events
+        ]
