@@ -54,7 +54,9 @@ def client_event(
     return out
 
 
-def stripped_state(event: Event) -> dict[str, Any]:
+def stripped_state(event: Event | Mapping[str, Any]) -> dict[str, Any]:
+    if not isinstance(event, Event):  # already stripped (another server's invite_room_state)
+        return dict(event)
     return {
         "type": event.type,
         "state_key": event.state_key if event.state_key is not None else "",

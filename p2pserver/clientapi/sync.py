@@ -81,8 +81,8 @@ class RoomSync:
     # (notification_count, highlight_count)
     unread: tuple[int, int] | None = None
     summary: Mapping[str, Any] | None = None
-    # Invite and knock sections: stripped state.
-    stripped: Sequence[Event] = ()
+    # Invite and knock sections: stripped state (our events, or stripped events as received).
+    stripped: Sequence[Event | Mapping[str, Any]] = ()
 
 
 @dataclass(frozen=True)

@@ -66,6 +66,7 @@ from p2pserver.clientapi.views import RoomViews
 from p2pserver.rooms.events import Event
 from p2pserver.rooms.power_levels import get_user_power_level
 from p2pserver.storage.accounts import Membership
+from p2pserver.storage.invites import InviteStates
 
 if TYPE_CHECKING:
     from p2pserver.clientapi.server import ClientAPI
@@ -379,6 +380,21 @@ class SyncGatherer:
         )
 
     def _stripped(self, member: Membership) -> RoomSync:
+        if self.api.server_name not in self.store.joined_servers(member.room_id):
+            # Not joined: our copies of the room's state are redacted, so show
+            # what the inviting server sent with the invite, and the invite.
+            remote = InviteStates(self.store.db).get(member.event_id)
+            if remote is not None:
+                invite = self.store.load_events([member.event_id])
+                shown: list[Event | Mapping[str, Any]] = [
+                    e
+                    for e in remote
+                    if (e["type"], e["state_key"]) != ("m.room.member", self.user_id)
+                ]
+                shown.extend(invite.values())
+                return RoomSync(
+                    room_id=member.room_id, membership=member.membership, stripped=shown
+                )
         current = self.store.current_state(member.room_id)
         ids = [current[(t, "")] for t in STRIPPED_STATE_TYPES if (t, "") in current]
         events = self.store.load_events([*ids, member.event_id])

@@ -43,6 +43,7 @@ query_profile         GET  /_matrix/federation/v1/query/profile
 user_devices          GET  /_matrix/federation/v1/user/devices/{userId}
 keys_query            POST /_matrix/federation/v1/user/keys/query
 keys_claim            POST /_matrix/federation/v1/user/keys/claim
+query_directory       GET  /_matrix/federation/v1/query/directory
 room_heads            (p2p) exchange forward extremities, see
                       :mod:`p2pserver.federation.sync`
 ===================== ============================================================
@@ -56,6 +57,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from p2pserver.rooms.canonical_json import encode_json_loose
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import sender_server
 from p2pserver.rooms.room_versions import KNOWN_ROOM_VERSIONS
@@ -78,6 +80,7 @@ QUERY_PROFILE = "query_profile"
 USER_DEVICES = "user_devices"
 KEYS_QUERY = "keys_query"
 KEYS_CLAIM = "keys_claim"
+QUERY_DIRECTORY = "query_directory"
 ROOM_HEADS = "room_heads"
 
 # The spec's transaction limits (shared with the outbound queue's batches).
@@ -91,6 +94,9 @@ MAX_EVENT_IDS = 100
 MAX_HEADS_ROOMS = 1000
 MAX_HEADS_PER_ROOM = 20
 MAX_TXN_ID_LENGTH = 128
+# ``invite_room_state``: events, and JSON bytes of them all.
+MAX_STRIPPED_EVENTS = 50
+MAX_STRIPPED_BYTES = 65536
 
 SUPPORTED_ROOM_VERSIONS = tuple(KNOWN_ROOM_VERSIONS)
 
@@ -218,6 +224,38 @@ class Params:
             return []
         if not isinstance(value, list):
             raise InvalidParam(f"{key!r} must be a list")
+        return value
+
+    def stripped_state(self, key: str) -> list[dict[str, Any]]:
+        """Optional stripped state events (spec: type, state_key, content, sender).
+
+        Untrusted and only shown to clients: each must have the four keys
+        with the right types (M_INVALID_PARAM), and the list is bounded
+        (M_TOO_LARGE). Only the four keys are kept.
+        """
+        value = self.array(key, required=False)
+        if len(value) > MAX_STRIPPED_EVENTS:
+            raise TooLarge(f"{key!r} has more than {MAX_STRIPPED_EVENTS} events")
+        events: list[dict[str, Any]] = []
+        for item in value:
+            if not (
+                isinstance(item, dict)
+                and all(isinstance(item.get(k), str) for k in ("type", "state_key", "sender"))
+                and isinstance(item.get("content"), dict)
+            ):
+                raise InvalidParam(
+                    f"{key!r} must hold objects with string type, state_key and sender "
+                    "and object content"
+                )
+            events.append({k: item[k] for k in ("type", "state_key", "content", "sender")})
+        if len(encode_json_loose(events)) > MAX_STRIPPED_BYTES:
+            raise TooLarge(f"{key!r} is larger than {MAX_STRIPPED_BYTES} bytes")
+        return events
+
+    def room_alias(self, key: str = "room_alias") -> str:
+        value: str = self.text(key)
+        if not value.startswith("#") or ":" not in value:
+            raise InvalidParam(f"{key!r} is not a room alias")
         return value
 
 

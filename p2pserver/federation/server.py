@@ -60,6 +60,7 @@ from p2pserver.rooms.receipt import REJECT, verify_event
 from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.signing import sign_event
 from p2pserver.rooms.validation import parse_pdu
+from p2pserver.storage.invites import InviteStates
 
 logger = logging.getLogger(__name__)
 
@@ -379,7 +380,7 @@ class FederationServer:
         params = p.Params(body)
         room_id, event_id = params.room_id(), params.event_id()
         pdu = params.mapping("event")
-        params.array("invite_room_state", required=False)
+        invite_room_state = params.stripped_state("invite_room_state")
         try:
             version = get_room_version(params.text("room_version"))
         except MatrixError as exc:
@@ -397,6 +398,8 @@ class FederationServer:
         if outcome.event.redacted:
             raise EventFormatError("the invite's content hash does not match")
         signed = sign_event(dict(pdu), self.server_name, self.engine.signing_key, version)
+        # What the invitee's client shows until we join (our copies are redacted).
+        InviteStates(self.store.db).put(event.event_id, room_id, invite_room_state)
         # Take it into the room in the background: it may mean fetching the
         # room (the engine discovers it from its create event at ``origin``).
         self._spawn(self._take_invite, origin, signed, version)

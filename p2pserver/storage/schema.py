@@ -41,7 +41,8 @@ Later steps: 2 and 3 are the client API's tables
 the events held redacted (``events_stripped``), which are fetched again
 whole once we may see them; 5 adds ``event_gaps``: per room, the prev events
 we lack of events accepted on state taken from a peer (a gap in our DAG),
-with how often filling each was tried.
+with how often filling each was tried; 6 keeps the inviting server's
+stripped state of each invite (:mod:`p2pserver.storage.invites`).
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import apsw
 
 from p2pserver.storage.accounts import accounts_v1
 from p2pserver.storage.e2ee import e2ee_v1
+from p2pserver.storage.invites import invites_v1
 
 Migration = Callable[[apsw.Connection], None]
 
@@ -182,4 +184,11 @@ def _gaps(conn: apsw.Connection) -> None:
     )
 
 
-MIGRATIONS: tuple[Migration, ...] = (_v1, accounts_v1, e2ee_v1, _stripped_index, _gaps)
+MIGRATIONS: tuple[Migration, ...] = (
+    _v1,
+    accounts_v1,
+    e2ee_v1,
+    _stripped_index,
+    _gaps,
+    invites_v1,
+)

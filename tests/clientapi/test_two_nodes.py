@@ -336,13 +336,6 @@ async def test_public_room_across_nodes_topic_profile_typing_receipts_leave(
         await bob.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invite_state of a remote invite carries the node's own held-redacted copies of "
-    "the room's state (m.room.name content {}), not the inviting server's invite_room_state: "
-    "federation/server.py validates invite_room_state and drops it; clientapi/syncing.py "
-    "_stripped() reads store.current_state()",
-)
 @run
 async def test_remote_invite_shows_the_room_name_in_invite_state(
     n1: ClientNode, n2: ClientNode

@@ -13,6 +13,7 @@ from p2pserver.rooms.auth import select_auth_event_ids
 from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.receipt import hex_server_keys
 from p2pserver.rooms.signing import SigningKey, verify_event_signature
+from p2pserver.storage.invites import InviteStates
 from p2pserver.transport.network import RemoteError
 
 from .conftest import Node, cluster, run, shared_room, start_all, wait_until
@@ -320,13 +321,16 @@ def test_invite_handshake_checks_and_countersigns():
                     origin_server_ts=1,
                 )
 
-            def body(event, room_version=version.identifier):
+            name = {"type": "m.room.name", "state_key": "", "content": {"name": "n"}}
+            name["sender"] = inviter
+
+            def body(event, room_version=version.identifier, room_state=(name,)):
                 return {
                     "room_id": room_id,
                     "event_id": event.event_id,
                     "room_version": room_version,
                     "event": event.get_pdu_json(),
-                    "invite_room_state": [],
+                    "invite_room_state": list(room_state),
                 }
 
             event = invite_for(target)
@@ -342,7 +346,23 @@ def test_invite_handshake_checks_and_countersigns():
                 k: "A" * 86 for k in tampered["event"]["signatures"][b.server_name]
             }
             await refused(b.net, a.server_name, "invite", tampered, "M_FORBIDDEN")
+            # invite_room_state is untrusted: stripped events only, bounded.
+            for bad in ([{**name, "content": "n"}], [{**name, "state_key": None}], ["x"]):
+                await refused(
+                    b.net, a.server_name, "invite", body(event, room_state=bad), "M_INVALID_PARAM"
+                )
+            big = [{**name, "content": {"name": "n" * 40000}}] * 2
+            await refused(
+                b.net, a.server_name, "invite", body(event, room_state=big), "M_TOO_LARGE"
+            )
+            many = [name] * 51
+            await refused(
+                b.net, a.server_name, "invite", body(event, room_state=many), "M_TOO_LARGE"
+            )
+            assert InviteStates(a.store.db).get(event.event_id) is None
             answer = await b.net.request(a.server_name, "invite", body(event), timeout=5)
+            # Kept with the invite for the invitee's client.
+            assert InviteStates(a.store.db).get(event.event_id) == [name]
             signed = answer["event"]
             for server in (a.server_name, b.server_name):
                 verify_event_signature(signed, server, version, hex_server_keys(server))
