@@ -25,7 +25,7 @@ device-list or ephemeral write).
 Toward the federation layer it is the node's
 :class:`~p2pserver.federation.queries.QueryHandler` (:meth:`ClientAPI.query_profile`,
 :meth:`~ClientAPI.user_devices`, :meth:`~ClientAPI.keys_query`,
-:meth:`~ClientAPI.keys_claim`) and gives the handlers of the EDUs it takes
+:meth:`~ClientAPI.keys_claim`, :meth:`~ClientAPI.query_directory`) and gives the handlers of the EDUs it takes
 (:meth:`~ClientAPI.edu_handlers`, :meth:`~ClientAPI.e2ee_edu_handlers`);
 it reaches other nodes through the :class:`Remote` and
 :class:`E2eeRemote` hooks. :func:`p2pserver.e2ee.federation.connect`
@@ -203,6 +203,15 @@ class ClientAPI:
                 raise ApiError.of("M_NOT_FOUND", f"{user_id} has no {field}")
             return {field: profile[field]}
         return profile
+
+    async def query_directory(self, origin: str, alias: str) -> dict[str, Any]:
+        """Federation ``/query/directory`` for a local alias: the room and its servers, ours first."""
+        local = self.accounts.alias(alias)
+        if local is None:
+            raise ApiError.of("M_NOT_FOUND", f"room alias {alias} not found")
+        room_id = local[0]
+        others = sorted(self.store.joined_servers(room_id) - {self.server_name})
+        return {"room_id": room_id, "servers": [self.server_name, *others]}
 
     def current_token(self) -> StreamToken:
         return StreamToken(

@@ -253,6 +253,10 @@ class FederationClient:
             body["field"] = field
         return await self.request(destination, p.QUERY_PROFILE, body)
 
+    async def query_directory(self, destination: str, alias: str) -> dict[str, Any]:
+        """``{"room_id", "servers"}`` for one of ``destination``'s room aliases."""
+        return await self.request(destination, p.QUERY_DIRECTORY, {"room_alias": alias})
+
     async def user_devices(self, destination: str, user_id: str) -> dict[str, Any]:
         return await self.request(destination, p.USER_DEVICES, {"user_id": user_id})
 

@@ -4,13 +4,14 @@ The client API and end-to-end encryption come later; the federation layer
 defines the methods, checks their request shapes and routes them here.
 
 - :class:`QueryHandler` is the hook for ``query_profile``, ``user_devices``,
-  ``keys_query`` and ``keys_claim``. Bodies and answers are the spec's
-  (Server-Server API "Querying for information", "End-to-End Encryption").
-  Requests for users of other servers never reach it: the server answers
-  M_NOT_FOUND (profile, devices) or leaves them out (keys).
+  ``keys_query``, ``keys_claim`` and ``query_directory``. Bodies and answers
+  are the spec's (Server-Server API "Querying for information", "End-to-End
+  Encryption"). Requests for users or aliases of other servers never reach
+  it: the server answers M_NOT_FOUND (profile, devices, aliases) or leaves
+  them out (keys).
 - :class:`DefaultQueries` answers from what exists now: a profile is the
   display name and avatar of the user's most recent membership event in
-  any room we hold; no user has devices or keys yet.
+  any room we hold; no user has devices or keys yet, and there are no aliases.
 - EDU handlers (``Federation.on_edu(edu_type, handler)``) get
   ``(origin, content)`` for each EDU of their type, after the server has
   refused any that speaks for a user of another server.
@@ -45,6 +46,10 @@ class QueryHandler(Protocol):
         self, origin: str, one_time_keys: Mapping[str, Mapping[str, str]]
     ) -> dict[str, Any]:
         """``{"one_time_keys": {user_id: {device_id: {key_id: key}}}}``."""
+        ...
+
+    async def query_directory(self, origin: str, alias: str) -> dict[str, Any]:
+        """``{"room_id", "servers"}`` for a local room alias (M_NOT_FOUND if none)."""
         ...
 
 
@@ -86,3 +91,6 @@ class DefaultQueries:
         self, origin: str, one_time_keys: Mapping[str, Mapping[str, str]]
     ) -> dict[str, Any]:
         return {"one_time_keys": {}}
+
+    async def query_directory(self, origin: str, alias: str) -> dict[str, Any]:
+        raise NotFound(f"room alias {alias} not found")

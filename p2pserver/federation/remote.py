@@ -6,8 +6,8 @@ servers, invites of their users and their profiles go over federation.
 Failures reach the client as :class:`MatrixError` with the remote
 server's errcode when it sent one, else the errcode the spec gives for a
 server that cannot be reached (M_NOT_FOUND for lookups,
-M_UNABLE_TO_GRANT_JOIN for joins). Room aliases and public room lists of
-other servers are not part of this federation yet: M_NOT_FOUND.
+M_UNABLE_TO_GRANT_JOIN for joins). Another server's room alias is resolved
+by asking that server (the part after ':'), federation ``query_directory``.
 """
 
 from __future__ import annotations
@@ -41,9 +41,21 @@ class FederationRemote:
         return await self.federation.invite(room_id, sender, target, reason=reason)
 
     async def query_alias(self, alias: str) -> tuple[str, list[str]]:
-        raise MatrixError(
-            f"cannot resolve {alias}: no directory over federation yet", errcode="M_NOT_FOUND"
-        )
+        server = alias.partition(":")[2]
+        try:
+            answer = await self.federation.client.query_directory(server, alias)
+        except PeerError as exc:
+            raise _as_matrix_error(exc, "M_NOT_FOUND") from None
+        room_id, servers = answer.get("room_id"), answer.get("servers")
+        # The answer is another server's word: check its shape before use.
+        if not (
+            isinstance(room_id, str)
+            and room_id.startswith("!")
+            and isinstance(servers, list)
+            and all(isinstance(s, str) and s for s in servers)
+        ):
+            raise MatrixError(f"{server} answered {alias} malformed", errcode="M_NOT_FOUND")
+        return room_id, servers
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
         try:

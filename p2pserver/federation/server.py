@@ -116,6 +116,7 @@ class FederationServer:
             p.USER_DEVICES: self.on_user_devices,
             p.KEYS_QUERY: self.on_keys_query,
             p.KEYS_CLAIM: self.on_keys_claim,
+            p.QUERY_DIRECTORY: self.on_query_directory,
             p.ROOM_HEADS: self.sync.handle_room_heads,
         }
 
@@ -428,6 +429,13 @@ class FederationServer:
             raise p.InvalidParam(f"unknown profile field {field!r}")
         self._local_user(user_id)
         return await self.queries.query_profile(origin, user_id, field)
+
+    async def on_query_directory(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        alias = p.Params(body).room_alias()
+        # Each server answers for its own aliases only.
+        if alias.partition(":")[2] != self.server_name:
+            raise NotFound(f"{alias} is not an alias of this server")
+        return await self.queries.query_directory(origin, alias)
 
     async def on_user_devices(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         user_id = p.Params(body).user_id()

@@ -380,12 +380,6 @@ async def test_public_room_joined_without_invite_by_room_id_from_the_other_node(
         await bob.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GET /directory/room/{alias} for another server's alias answers M_NOT_FOUND: "
-    "federation/remote.py FederationRemote.query_alias is a stub ('no directory over "
-    "federation yet'); no federation directory query exists",
-)
 @run
 async def test_public_room_joined_by_alias_from_the_other_node(
     n1: ClientNode, n2: ClientNode

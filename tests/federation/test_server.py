@@ -486,3 +486,22 @@ def test_rejecting_an_invite_by_make_leave_and_send_leave():
                 await refused(c.net, a.server_name, "make_leave", body, "M_FORBIDDEN")
 
     run(main)
+
+
+def test_directory_query_is_for_the_answering_servers_own_aliases():
+    async def main():
+        async with setup() as (a, b, mallory, key, room_id):
+            dest = a.server_name
+            await refused(b.net, dest, "query_directory", {}, "M_MISSING_PARAM")
+            for bad in ("lobby", f"lobby:{dest}", 7):
+                await refused(
+                    b.net, dest, "query_directory", {"room_alias": bad}, "M_INVALID_PARAM"
+                )
+            # An alias of another server is that server's to answer.
+            other = {"room_alias": f"#lobby:{b.server_name}"}
+            await refused(b.net, dest, "query_directory", other, "M_NOT_FOUND")
+            # The room store alone knows no aliases.
+            own = {"room_alias": f"#lobby:{dest}"}
+            await refused(b.net, dest, "query_directory", own, "M_NOT_FOUND")
+
+    run(main)
