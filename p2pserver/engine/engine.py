@@ -970,13 +970,17 @@ class RoomEngine:
                 event, status, rejected_reason=reason, state_before=group, adds_state=adds_state
             )
         updates: list[RoomUpdate] = []
-        delta: Mapping[StateKey, str | None] = {}
         if status == EventStatus.ACCEPTED:
             if before.gap and not before.backfill:
                 self._record_gap(event)
             delta = self._advance_room(event, meta, backfill=before.backfill)
             assert meta.stream_ordering is not None
             updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
+        elif status != EventStatus.OUTLIER:
+            delta = self._advance_room(event, meta)
+            if delta:  # it came after accepted events that follow it (see _advance_room)
+                position = meta.stream_ordering or store.max_stream_ordering()
+                updates.append(RoomUpdate(room_id, None, position, delta))
         if destinations:
             store.outbound.enqueue_pdu(destinations, meta.nid)
         return meta, updates
@@ -1001,17 +1005,25 @@ class RoomEngine:
     def _advance_room(
         self, event: Event, meta: EventMeta, *, backfill: bool = False
     ) -> Mapping[StateKey, str | None]:
-        """Update the forward extremities and the current state for an accepted event.
+        """Update the forward extremities and the current state for an event entering the DAG.
 
-        An event that fills a gap retires its prev events but is never an
-        extremity itself: accepted events of ours follow it.
+        The forward extremities are the accepted events no accepted event
+        follows (directly, or through soft-failed or rejected events). So an
+        accepted event retires its prev events and is one itself unless an
+        accepted event we already hold follows it (events arrive in any
+        order); a soft-failed or rejected event retires its prev events only
+        when an accepted event follows it. An event that fills a gap
+        (``backfill``) is followed by our accepted events by construction.
         """
         store = self.store
         room_id = event.room_id
+        accepted = meta.status == EventStatus.ACCEPTED
+        followed = backfill or self._followed(event.event_id)
         old = store.forward_extremities(room_id)
         extremities = set(old)
-        extremities.difference_update(self._retired_extremities(event))
-        if not backfill and not store.has_accepted_child(event.event_id):
+        if accepted or followed:
+            extremities.difference_update(self._retired_extremities(event))
+        if accepted and not followed:
             extremities.add(event.event_id)
         if extremities == set(old) or not extremities:
             return {}
@@ -1033,6 +1045,31 @@ class RoomEngine:
             resolved = resolve_state(event.room_version, state_sets, store)
             group = store.state_groups.create(room_id, resolved, groups)
         return store.set_current_state(room_id, group)
+
+    def _followed(self, event_id: str) -> bool:
+        """Whether an accepted event we hold follows ``event_id`` (so it is no forward extremity).
+
+        A child, or one reached through soft-failed or rejected children:
+        the mirror of :meth:`_retired_extremities`, for an event that
+        arrives after events that follow it.
+        """
+        children = self.store.children(event_id)
+        seen = set(children)
+        for _ in range(_MAX_RETIRE_WALK):
+            if not children:
+                return False
+            metas = self.store.event_metas(children)
+            if any(m.status == EventStatus.ACCEPTED for m in metas.values()):
+                return True
+            children = [
+                c
+                for m in metas.values()
+                if m.status in (EventStatus.SOFT_FAILED, EventStatus.REJECTED)
+                for c in self.store.children(m.event_id)
+                if c not in seen
+            ]
+            seen.update(children)
+        return False
 
     def _retired_extremities(self, event: Event) -> set[str]:
         """The prev events, and those reached from them through soft-failed or rejected ones."""

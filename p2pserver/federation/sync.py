@@ -459,7 +459,9 @@ class RoomSync:
                     earliest_events=self.store.forward_extremities(room_id)[: p.MAX_EVENT_IDS],
                     latest_events=gaps[: p.MAX_EVENT_IDS],
                     limit=p.MAX_EVENTS_PER_ANSWER,
-                    min_depth=0,
+                    # No deeper into the past than our DAG goes: older events
+                    # are history, which only gaps bring (fill_gaps).
+                    min_depth=self.store.min_depth(room_id),
                 )
             except FederationError as exc:
                 logger.debug("get_missing_events from %s failed: %s", peer[:8], exc)

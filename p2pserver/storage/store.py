@@ -578,19 +578,6 @@ class Store:
             sorted(new, key=lambda e: (metas[e].depth, metas[e].nid), reverse=True)
         )
 
-    def has_accepted_child(self, event_id: str) -> bool:
-        """True if an accepted event in the DAG lists ``event_id`` as a prev event."""
-        children = self.db.query(
-            "SELECT event_nid FROM event_edges WHERE prev_event_id = ?", (event_id,)
-        )
-        if not children:
-            return False  # the usual case: nothing points at it yet
-        return any(
-            r[0] == "accepted"
-            for (nid,) in children
-            for r in self.db.query("SELECT status FROM events WHERE event_nid = ?", (nid,))
-        )
-
     def children(self, event_id: str) -> list[str]:
         """Events in the DAG (any status but outlier) listing ``event_id`` as a prev event."""
         return [

@@ -1,8 +1,9 @@
 """Events after a gap (the state before them fetched from a peer), and unknown rooms."""
 
 import copy
+from typing import Any
 
-from p2pserver.engine.local import LocalNetwork
+from p2pserver.engine.local import LocalNetwork, LocalPeerClient
 from p2pserver.rooms.room_versions import ROOM_V10, ROOM_V12
 from p2pserver.storage import EventStatus
 
@@ -173,3 +174,39 @@ async def test_no_gap_is_recorded_for_history_before_we_were_in_the_room() -> No
     pdu = a.store.load_event(invite).get_pdu_json()  # type: ignore[union-attr]
     assert (await b.receive_pdu(a.server_name, pdu)).status == EventStatus.ACCEPTED
     assert b.gaps(rid) == []
+
+
+class _NoMissingEvents(LocalPeerClient):
+    """A peer that answers /get_missing_events with nothing: every gap takes the state."""
+
+    async def get_missing_events(self, destination: str, room_id: str, **kwargs: Any) -> list[Any]:
+        return []
+
+
+@trio_test
+async def test_events_arriving_after_events_that_follow_them_are_no_forward_extremities() -> None:
+    for order in ("prev last", "soft-failed last"):
+        room = await make_room(3)
+        (a, b, c), rid = room.engines, room.room_id
+        alice, carol = room.users[0], room.users[2]
+        b.peers = _NoMissingEvents(room.net, b.server_name)
+        room.net.offline.add(b.server_name)
+        p = await a.send_message(rid, alice, {"body": "P"})  # T <- P
+        await room.net.deliver()
+        s = await c.send_message(rid, carol, {"body": "S"})  # P <- S
+        await room.net.deliver()
+        follow = await a.send_message(rid, alice, {"body": "A"})  # S <- A
+        room.net.offline.clear()
+        kick = await a.kick(rid, alice, carol)  # after A at a; b gets it first
+        kick_pdu = a.store.load_event(kick).get_pdu_json()  # type: ignore[union-attr]
+        pdus = {e: a.store.load_event(e).get_pdu_json() for e in (p, s, follow)}  # type: ignore[union-attr]
+        await b.receive_pdu(a.server_name, kick_pdu)  # a gap: the state is fetched
+        sequence = [s, follow, p] if order == "prev last" else [follow, p, s]
+        for event_id in sequence:
+            await b.receive_pdu(a.server_name, pdus[event_id])
+        assert b.store.event_meta(s).status == EventStatus.SOFT_FAILED, order  # type: ignore[union-attr]
+        assert b.store.event_meta(follow).status == EventStatus.ACCEPTED, order  # type: ignore[union-attr]
+        # P is followed by A (through the soft-failed S): no forward extremity.
+        assert p not in b.forward_extremities(rid), order
+        assert b.forward_extremities(rid) == [kick], order
+        assert b.store.check_consistency() == [], order
