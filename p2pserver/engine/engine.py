@@ -1053,6 +1053,8 @@ class RoomEngine:
         the mirror of :meth:`_retired_extremities`, for an event that
         arrives after events that follow it.
         """
+        if not self.store.has_children(event_id):
+            return False  # the usual case: nothing points at it yet
         children = self.store.children(event_id)
         seen = set(children)
         for _ in range(_MAX_RETIRE_WALK):

@@ -578,6 +578,14 @@ class Store:
             sorted(new, key=lambda e: (metas[e].depth, metas[e].nid), reverse=True)
         )
 
+    def has_children(self, event_id: str) -> bool:
+        """Whether any event in the DAG lists ``event_id`` as a prev event (rarely, for a new one)."""
+        return bool(
+            self.db.query_one(
+                "SELECT 1 FROM event_edges WHERE prev_event_id = ? LIMIT 1", (event_id,)
+            )
+        )
+
     def children(self, event_id: str) -> list[str]:
         """Events in the DAG (any status but outlier) listing ``event_id`` as a prev event."""
         return [
