@@ -243,6 +243,8 @@ class RoomEngine:
         self._deferred_updates: list[RoomUpdate] | None = None
         # Requests made to peers so far (to notice that a step fetched).
         self._fetches = 0
+        # State group -> servers joined in it (groups never change once stored).
+        self._joined_in_group: dict[int, frozenset[str]] = {}
 
     def _lock(self, room_id: str) -> trio.Lock:
         lock = self._locks.get(room_id)
@@ -1372,6 +1374,31 @@ class RoomEngine:
             if redaction_applies(redaction, event, auth_events):
                 return _redacted(event)
         return event
+
+    def joined_servers_at(self, event_id: str) -> frozenset[str] | None:
+        """Servers with a user joined in the state before the event.
+
+        None when that state is unknown (no such event, or an outlier).
+        Cached by state group, as pushing asks this per event per node.
+        """
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.state_before is None:
+            return None
+        group = meta.state_before
+        servers = self._joined_in_group.get(group)
+        if servers is None:
+            state = self.store.state_map(group)
+            member_ids = [eid for (etype, _), eid in state.items() if etype == "m.room.member"]
+            members = self.store.load_events(member_ids)
+            servers = frozenset(
+                sender_server(e.state_key)
+                for e in members.values()
+                if e.state_key and e.membership == "join"
+            )
+            if len(self._joined_in_group) >= 4096:
+                self._joined_in_group.clear()  # bounded; recomputing is correct
+            self._joined_in_group[group] = servers
+        return servers
 
     def _state_maps_at(self, meta: EventMeta) -> list[StateMap]:
         groups = dict.fromkeys(g for g in (meta.state_before, meta.state_after) if g is not None)

@@ -77,7 +77,8 @@ def push_targets(
 ) -> list[str]:
     """The servers ``me`` pushes ``event`` to (see the module docstring).
 
-    ``room_servers``: the servers joined to the room in ``me``'s view.
+    ``room_servers``: the servers joined in the state before the event, in
+    ``me``'s view (not the current ones: those joined when it was sent are owed it).
     ``received_from``: who pushed it to us (None for our own events).
     ``for_origin``: we took it from its origin by a handshake.
     """

@@ -19,7 +19,11 @@ Rules:
   our events for every joined server; the worker sends one of our events
   to a destination only if the destination is among our push targets for
   it, and drops the item otherwise (others relay it, or pulls fetch it).
-  Relayed items were chosen when queued and are always sent.
+  Relayed items were chosen when queued and are always sent. Targets come
+  from the servers joined in the state before the event (a membership
+  event adds its target's), never the current ones: every server joined
+  when an event was sent is owed it, even if it has left or been kicked
+  since.
 - Failures: an unreachable or silent destination, or a transient refusal
   (``M_UNKNOWN``, ``M_LIMIT_EXCEEDED``), keeps its items and backs off:
   ``backoff_initial`` seconds doubling up to ``backoff_max`` (after a
@@ -39,7 +43,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +132,7 @@ class FederationSender:
             for t in push_targets(
                 event,
                 self.server_name,
-                room_servers(self.store, event.room_id),
+                self._servers_at(event),
                 self.fanout,
                 received_from=received_from,
                 for_origin=for_origin,
@@ -286,9 +290,18 @@ class FederationSender:
         version = pdu_room_version(self.store, pdu)
         return Event(pdu, version) if version is not None else None
 
+    def _servers_at(self, event: Event) -> Collection[str]:
+        """The servers joined when the event was sent (its tree's members).
+
+        Not the current ones: a server joined at the event is owed it even if
+        it left or was kicked before the event reached it. Our current view
+        only for events whose state we do not know (outliers).
+        """
+        servers = self.engine.joined_servers_at(event.event_id)
+        return servers if servers is not None else room_servers(self.store, event.room_id)
+
     def _wanted(self, destination: str, pdus: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
         """The PDUs of a batch that ``destination`` should get from us."""
-        servers: dict[str, set[str]] = {}
         wanted = []
         for pdu in pdus:
             event = self._event(pdu)
@@ -297,9 +310,7 @@ class FederationSender:
             if event.origin != self.server_name:
                 wanted.append(pdu)  # a relay: its targets were chosen when queued
                 continue
-            room = servers.get(event.room_id)
-            if room is None:
-                room = servers[event.room_id] = room_servers(self.store, event.room_id)
-            if destination in push_targets(event, self.server_name, room, self.fanout):
+            servers = self._servers_at(event)
+            if destination in push_targets(event, self.server_name, servers, self.fanout):
                 wanted.append(pdu)
         return wanted

@@ -250,16 +250,46 @@ class FederationServer:
     async def on_get_missing_events(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         params = p.Params(body)
         room_id = params.room_id()
-        self._room_for(origin, room_id)
+        latest = params.event_ids("latest_events")
+        departed = False
+        try:
+            self._room_for(origin, room_id)
+        except Forbidden:
+            # A server that has left (or was kicked) is still owed the events
+            # sent while it was joined: it may walk back from events it may see.
+            if not any(self._joined_at(origin, room_id, e) for e in latest):
+                raise
+            departed = True
         events = self.engine.on_get_missing_events(
             origin,
             room_id,
             earliest_events=params.event_ids("earliest_events"),
-            latest_events=params.event_ids("latest_events"),
+            latest_events=latest,
             limit=params.integer("limit", default=10, high=p.MAX_EVENTS_PER_ANSWER),
             min_depth=params.integer("min_depth", default=0),
         )
+        version = self.store.room_version(room_id)
+        if departed and version is not None:  # only what it may see, none redacted
+            events = [
+                e
+                for e in events
+                if self.engine.may_server_see_event(origin, Event(e, version).event_id)
+            ]
         return {"events": events}
+
+    def _joined_at(self, origin: str, room_id: str, event_id: str) -> bool:
+        """Whether ``origin`` had a user joined in the state before or after the event."""
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.room_id != room_id:
+            return False
+        joined = self.engine.joined_servers_at(event_id)
+        if joined is not None and origin in joined:
+            return True
+        return (
+            meta.type == "m.room.member"
+            and meta.state_key is not None
+            and (sender_server(meta.state_key) == origin)
+        )
 
     async def on_backfill(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         params = p.Params(body)
