@@ -33,6 +33,10 @@ relayed to our push targets (:meth:`FederationSender.relay`).
 Reads (``get_missing_events``, ``backfill``, ``state``...) are answered by
 the room engine's ``on_*`` methods, which apply history visibility; the
 room-scoped ones are for servers with a user joined or invited in the room.
+One exception: ``get_missing_events`` also serves a server that has left (or
+was kicked) when it walks back from an event it was joined at, returning
+only the events it may see, so it can still fetch what was sent while it
+was joined.
 """
 
 from __future__ import annotations
