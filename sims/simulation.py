@@ -727,9 +727,29 @@ class Simulation:
         first = self.fingerprint(joined[0])
         return all(self.fingerprint(n) == first for n in joined[1:])
 
+    def memberships_agree(self) -> bool:
+        """The nodes that see themselves joined are the users the agreed state has joined.
+
+        A node that left while cut off holds its leave until it reaches the
+        others; until then the room has not converged, even if the states of
+        the nodes still joined already agree.
+        """
+        joined = self.joined_running()
+        room_id = self.room_id
+        if not joined or room_id is None:
+            return False
+        store = joined[0].store
+        in_state = {
+            user
+            for (event_type, user) in store.current_state(room_id)
+            if event_type == "m.room.member" and store.current_membership(room_id, user) == "join"
+        }
+        expected = {n.user_id for n in self.nodes if n.user_id in in_state}
+        return {n.user_id for n in joined} == expected
+
     def converged(self) -> bool:
-        """States agree and every message due at those nodes is held there."""
-        if not self.states_agree():
+        """States and memberships agree, and every message due at those nodes is held there."""
+        if not self.states_agree() or not self.memberships_agree():
             return False
         for node in self.joined_running():
             for record in self.recorder.missing(node.index):
