@@ -96,6 +96,7 @@ from p2pserver.transport.network import (
     Network,
     NetworkError,
     PeerUnreachable,
+    PendingRequest,
     RequestTimeout,
     TrafficCounters,
     check_timeout,
@@ -137,25 +138,6 @@ class Segment:
     mdns_interval: float = 60.0
 
 
-class _Pending:
-    __slots__ = ("done", "response", "error")
-
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.response: bytes | None = None
-        self.error: Exception | None = None
-
-    def resolve(self, frame: bytes) -> None:
-        if not self.done.is_set():
-            self.response = frame
-            self.done.set()
-
-    def fail(self, error: Exception) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-
-
 class _Frame:
     __slots__ = ("src", "dst", "size", "deliver", "args", "arrived")
 
@@ -177,7 +159,7 @@ class _Connection:
         self.key = key
         self.ends = (a, b)
         self.closed = False
-        self.pending: dict[int, _Pending] = {}  # insertion-ordered: failures in send order
+        self.pending: dict[int, PendingRequest[bytes]] = {}  # insertion-ordered: failures in send order
         self.busy_until = [0.0, 0.0]  # per direction: when its last frame has left
         self.queues: tuple[deque[_Frame], deque[_Frame]] = (deque(), deque())
 
@@ -709,7 +691,7 @@ class SimNetwork(Network):
         hub = self._hub
         with trio.move_on_after(timeout):
             conn = await hub.connect(self, destination)
-            pending = _Pending()
+            pending = PendingRequest[bytes]()
             tag = request_id if conn.ends[0] == self.server_name else -request_id
             conn.pending[tag] = pending
             try:
@@ -736,7 +718,7 @@ class SimNetwork(Network):
             raise RuntimeError(f"{self.server_name} is not running")
 
     async def _serve(
-        self, conn: _Connection, caller: str, frame: bytes, pending: _Pending, method: str
+        self, conn: _Connection, caller: str, frame: bytes, pending: PendingRequest[bytes], method: str
     ) -> None:
         """Runs in this (the destination) node's nursery."""
         try:
@@ -758,7 +740,7 @@ def hub_deliver_request(
     caller: str,
     destination: str,
     frame: bytes,
-    pending: _Pending,
+    pending: PendingRequest[bytes],
     method: str,
 ) -> None:
     peer = hub._nodes.get(destination)
@@ -767,5 +749,5 @@ def hub_deliver_request(
     peer._nursery.start_soon(peer._serve, conn, caller, frame, pending, method)
 
 
-def _resolve(pending: _Pending, response: bytes) -> None:
+def _resolve(pending: PendingRequest[bytes], response: bytes) -> None:
     pending.resolve(response)

@@ -90,6 +90,7 @@ from p2pserver.transport.framing import (
     FrameError,
     FrameReader,
     Request,
+    Response,
     decode_request,
     decode_response,
     encode_request,
@@ -282,7 +283,7 @@ class _Outbound:
 
     def __init__(self, stream: INetStream) -> None:
         self.stream = stream
-        self.pending: dict[int, PendingRequest] = {}
+        self.pending: dict[int, PendingRequest[Response]] = {}
         self.write_lock = trio.Lock()
         self.broken: str | None = None  # why, once it can no longer be used
 
@@ -614,7 +615,7 @@ class Libp2pNetwork(Network):
     async def _call(
         self, peer: _Peer, out: _Outbound, request_id: int, method: str, frame: bytes
     ) -> dict[str, Any]:
-        pending = out.pending[request_id] = PendingRequest()
+        pending = out.pending[request_id] = PendingRequest[Response]()
         peer.inflight_out += 1
         peer.last_active = trio.current_time()
         try:

@@ -44,6 +44,7 @@ from p2pserver.transport.framing import (
     HEADER_SIZE,
     FrameError,
     Request,
+    Response,
     decode_request,
     decode_response,
     encode_request,
@@ -64,7 +65,7 @@ class _Connection:
     def __init__(self, a: str, b: str) -> None:
         self.ends = (a, b)
         self.closed = False
-        self.pending: set[PendingRequest] = set()
+        self.pending: set[PendingRequest[Response]] = set()
 
 
 def _pair(a: str, b: str) -> frozenset[str]:
@@ -277,7 +278,7 @@ class MemoryNetwork(Network):
         hub = self._hub
         with trio.move_on_after(timeout):
             conn = await hub._connect(self, destination)
-            pending = PendingRequest()
+            pending = PendingRequest[Response]()
             conn.pending.add(pending)
             try:
                 hub._count_sent(self, destination, len(frame), method)
@@ -302,7 +303,7 @@ class MemoryNetwork(Network):
         conn: _Connection,
         caller: MemoryNetwork,
         frame: bytes,
-        pending: PendingRequest,
+        pending: PendingRequest[Response],
         method: str,
     ) -> None:
         """Runs in this (the destination) node's nursery."""

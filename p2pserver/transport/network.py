@@ -47,7 +47,7 @@ import math
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import trio
 
@@ -258,7 +258,11 @@ class Network(abc.ABC):
             return error_frame(request.id, "M_UNKNOWN", "internal error")
 
 
-class PendingRequest:
+# What a pending request resolves to: a decoded Response, or raw frame bytes.
+ResponseT = TypeVar("ResponseT")
+
+
+class PendingRequest(Generic[ResponseT]):
     """A request waiting for its response: resolved or failed once, then done.
 
     Both implementations park callers on one of these while the answer
@@ -270,10 +274,10 @@ class PendingRequest:
 
     def __init__(self) -> None:
         self.done = trio.Event()
-        self.response: Response | None = None
+        self.response: ResponseT | None = None
         self.error: Exception | None = None
 
-    def resolve(self, response: Response) -> None:
+    def resolve(self, response: ResponseT) -> None:
         if not self.done.is_set():
             self.response = response
             self.done.set()
