@@ -748,10 +748,14 @@ class Simulation:
         return {n.user_id for n in joined} == expected
 
     def converged(self) -> bool:
-        """States and memberships agree, and every message due at those nodes is held there."""
+        """States and memberships agree, and every running node holds the messages due to it.
+
+        Due means joined when the message was sent: a node that has left
+        since is still owed it, so it is waited for too.
+        """
         if not self.states_agree() or not self.memberships_agree():
             return False
-        for node in self.joined_running():
+        for node in (n for n in self.nodes if n.running):
             for record in self.recorder.missing(node.index):
                 if node.holds(record.event_id):
                     self.recorder.mark_held(record, node.index)
