@@ -175,7 +175,12 @@ async def test_twenty_nodes_route_peers_and_rooms() -> None:
             await attacker.dht.store._store_at_peer(
                 honest.host.get_id(), key.encode(), mixed.value, record=mixed
             )
-            assert honest.dht.store.entries(key) == before
+            # Members' own publishes may still be arriving meanwhile, so the
+            # store may have gained valid entries; the forged one never.
+            after = honest.dht.store.entries(key)
+            assert all(entry in after for entry in before)
+            assert all(entry.raw != forged for entry in after)
+            assert {entry.server_name for entry in after} <= members
 
             # The joiner knows only the room ID: the DHT names the room's servers.
             servers = await joiner.discovery.find_room_servers(room)
