@@ -91,9 +91,9 @@ from p2pserver.transport.framing import (
     decode_response,
     encode_request,
 )
+from p2pserver.transport.memory import InProcessNetwork
 from p2pserver.transport.network import (
     DEFAULT_TIMEOUT,
-    Network,
     NetworkError,
     PeerUnreachable,
     PendingRequest,
@@ -617,50 +617,28 @@ class DhtModel:
         return True
 
 
-class SimNetwork(Network):
+class SimNetwork(InProcessNetwork):
     """One incarnation of a node on a SimHub. Create it with ``hub.network(server_name)``."""
+
+    scheme = "sim"
 
     def __init__(self, hub: SimHub, server_name: str) -> None:
         super().__init__(server_name)
         self._hub = hub
         self.traffic = hub._counters(server_name)  # survives incarnations
-        self._nursery: trio.Nursery | None = None
-        self._known: set[str] = set()
-        self._ids = itertools.count(1)
-
-    @property
-    def is_running(self) -> bool:
-        return self._nursery is not None
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
-        if self._nursery is not None:
-            raise RuntimeError(f"{self.server_name} is already running")
         if self._hub._nodes.get(self.server_name) is not self:
             raise RuntimeError(f"{self.server_name}: this incarnation was replaced")
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._hub.node_started(self)
-            try:
-                yield
-            finally:
-                self._nursery = None
-                self._hub.node_stopped(self.server_name)
-                self._close_subscribers()
-                nursery.cancel_scope.cancel()
+        async with super().running():
+            yield
 
-    def listen_addresses(self) -> list[str]:
-        return [f"/sim/{self.server_name}"] if self.is_running else []
+    def _on_start(self) -> None:
+        self._hub.node_started(self)
 
-    def add_peer_address(self, server_name: str, addrs: Iterable[str]) -> None:
-        addrs = list(addrs)
-        if not all(isinstance(a, str) for a in addrs):
-            raise ValueError("addresses must be strings")
-        if server_name != self.server_name:
-            self._known.add(server_name)
-
-    def known_peers(self) -> set[str]:
-        return set(self._known)
+    def _on_stop(self) -> None:
+        self._hub.node_stopped(self.server_name)
 
     async def connect_quietly(self, destination: str) -> None:
         with suppress(NetworkError):
@@ -712,10 +690,6 @@ class SimNetwork(Network):
             assert pending.response is not None
             return response_result(decode_response(pending.response[HEADER_SIZE:]))
         raise RequestTimeout(f"{method} to {destination} timed out after {timeout}s")
-
-    def _require_running(self) -> None:
-        if self._nursery is None:
-            raise RuntimeError(f"{self.server_name} is not running")
 
     async def _serve(
         self, conn: _Connection, caller: str, frame: bytes, pending: PendingRequest[bytes], method: str

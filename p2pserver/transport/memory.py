@@ -213,12 +213,18 @@ class MemoryHub:
             self._drop(key, f"{name} stopped")
 
 
-class MemoryNetwork(Network):
-    """One node on a MemoryHub. Create it with ``hub.network(server_name)``."""
+class InProcessNetwork(Network):
+    """What every in-process network shares: its lifecycle and address book.
 
-    def __init__(self, hub: MemoryHub, server_name: str) -> None:
+    Subclasses (this module's :class:`MemoryNetwork`, the simulator's
+    ``SimNetwork``) add how frames travel; ``_on_start``/``_on_stop`` tell
+    their hub the node came and went. ``scheme`` names the listen address.
+    """
+
+    scheme = "memory"
+
+    def __init__(self, server_name: str) -> None:
         super().__init__(server_name)
-        self._hub = hub
         self._nursery: trio.Nursery | None = None
         self._known: set[str] = set()
         self._ids = itertools.count(1)
@@ -227,22 +233,29 @@ class MemoryNetwork(Network):
     def is_running(self) -> bool:
         return self._nursery is not None
 
+    def _on_start(self) -> None:
+        """The node is up (its nursery is open)."""
+
+    def _on_stop(self) -> None:
+        """The node is going down (before its subscribers are closed)."""
+
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         if self._nursery is not None:
             raise RuntimeError(f"{self.server_name} is already running")
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            self._on_start()
             try:
                 yield
             finally:
                 self._nursery = None
-                self._hub._node_stopped(self.server_name)
+                self._on_stop()
                 self._close_subscribers()
                 nursery.cancel_scope.cancel()
 
     def listen_addresses(self) -> list[str]:
-        return [f"/memory/{self.server_name}"] if self.is_running else []
+        return [f"/{self.scheme}/{self.server_name}"] if self.is_running else []
 
     def add_peer_address(self, server_name: str, addrs: Iterable[str]) -> None:
         addrs = list(addrs)
@@ -253,6 +266,21 @@ class MemoryNetwork(Network):
 
     def known_peers(self) -> set[str]:
         return set(self._known)
+
+    def _require_running(self) -> None:
+        if self._nursery is None:
+            raise RuntimeError(f"{self.server_name} is not running")
+
+
+class MemoryNetwork(InProcessNetwork):
+    """One node on a MemoryHub. Create it with ``hub.network(server_name)``."""
+
+    def __init__(self, hub: MemoryHub, server_name: str) -> None:
+        super().__init__(server_name)
+        self._hub = hub
+
+    def _on_stop(self) -> None:
+        self._hub._node_stopped(self.server_name)
 
     async def connect(self, destination: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         check_timeout(timeout)
@@ -293,10 +321,6 @@ class MemoryNetwork(Network):
             assert pending.response is not None
             return response_result(pending.response)
         raise RequestTimeout(f"{method} to {destination} timed out after {timeout}s")
-
-    def _require_running(self) -> None:
-        if self._nursery is None:
-            raise RuntimeError(f"{self.server_name} is not running")
 
     async def _deliver(
         self,
