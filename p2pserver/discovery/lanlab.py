@@ -5,10 +5,14 @@ with one veth interface at ``10.231.0.<i+1>/24`` plus loopback, and a bridge
 joining the veths inside a namespace of its own (``<prefix>-br``). Nothing
 is added to the machine's own namespace: the veth pairs are created there
 and moved away at once. ``lab.popen(i, argv)`` runs a process inside
-namespace ``i`` (``ip netns exec``). Leaving the block kills those processes
-and deletes the namespaces (which removes the veths and the bridge), also
-after a failure. Names carry the creating PID, so concurrent labs do not
-collide, and the addresses only exist inside the lab.
+namespace ``i`` (``ip netns exec``); ``lab.call(i, fn, *args)`` runs
+``fn`` in this process on a worker thread that lives in namespace ``i``
+(``setns`` moves one thread only), so a test can talk to a server bound to
+that namespace's loopback without a process per request. Leaving the block
+kills those processes, stops those threads and deletes the namespaces
+(which removes the veths and the bridge), also after a failure. Names carry
+the creating PID, so concurrent labs do not collide, and the addresses only
+exist inside the lab.
 
 :func:`LanLab.unavailable` says why a lab cannot be built here (no ``ip``,
 not root, namespaces refused), for tests to skip with that reason.
@@ -16,14 +20,19 @@ not root, namespaces refused), for tests to skip with that reason.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 SUBNET = "10.231.0"
+CLONE_NEWNET = 0x40000000
+T = TypeVar("T")
 
 
 class LanLabError(RuntimeError):
@@ -34,6 +43,18 @@ def _ip(*args: str) -> None:
     result = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
     if result.returncode != 0:
         raise LanLabError(f"ip {' '.join(args)}: {result.stderr.strip()}")
+
+
+def _enter_namespace(name: str) -> None:
+    """Move the calling thread (only it) into the named network namespace."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"setns {name}: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
 
 
 class LanLab:
@@ -48,6 +69,7 @@ class LanLab:
         self.namespaces = [f"{self.prefix}-{i}" for i in range(size)]
         self.ips = [f"{SUBNET}.{i + 1}" for i in range(size)]
         self.processes: list[subprocess.Popen[Any]] = []
+        self._threads: dict[int, ThreadPoolExecutor] = {}
 
     @staticmethod
     def unavailable() -> str | None:
@@ -111,7 +133,19 @@ class LanLab:
         self.processes.append(process)
         return process
 
+    def call(self, index: int, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on namespace ``index``'s worker thread (one
+        per namespace, so calls to a namespace run one at a time)."""
+        if index not in self._threads:
+            self._threads[index] = ThreadPoolExecutor(
+                1, f"{self.namespaces[index]}-", _enter_namespace, (self.namespaces[index],)
+            )
+        return self._threads[index].submit(fn, *args, **kwargs).result()
+
     def close(self) -> None:
+        for executor in self._threads.values():
+            executor.shutdown(cancel_futures=True)
+        self._threads.clear()
         for process in self.processes:
             if process.poll() is None:
                 process.kill()

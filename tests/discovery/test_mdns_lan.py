@@ -1,9 +1,13 @@
-"""mDNS for real: discovery processes in network namespaces on a private bridge.
+"""mDNS for real: processes in network namespaces on a private bridge.
 
-The test builds its own LAN (:class:`~p2pserver.discovery.lanlab.LanLab`:
+The tests build their own LAN (:class:`~p2pserver.discovery.lanlab.LanLab`:
 namespaces, veths, a bridge; addresses 10.231.x.y that exist only inside
-it) and runs ``python -m p2pserver.discovery.probe`` in each namespace. It
-skips, saying why, only where namespaces cannot be created.
+it). The first runs ``python -m p2pserver.discovery.probe`` in each
+namespace (advertising, finding, address changes, goodbyes, expiry); the
+second runs real nodes (``p2pserver run`` with nothing but a data
+directory) and drives them as Matrix clients do, through each node's
+client API on its namespace's loopback (``LanLab.call``). They skip, saying
+why, only where namespaces cannot be created.
 """
 
 from __future__ import annotations
@@ -16,16 +20,26 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from p2pserver.discovery.directory import HOW_MDNS
 from p2pserver.discovery.lanlab import LanLab
+from p2pserver.node.status import read_status
+from tests.clientapi.test_two_nodes import READY
 
 REPO = Path(__file__).resolve().parents[2]
 SECONDARY = "10.231.1.1/24"
+# Waits for something one node does in reaction to another (generous: two
+# busy cores, three nodes).
+WAIT = 30.0
 
 why_not = LanLab.unavailable()
 pytestmark = pytest.mark.skipif(why_not is not None, reason=f"no network namespaces: {why_not}")
@@ -128,41 +142,211 @@ def test_nodes_on_a_lan_find_each_other_with_no_configuration() -> None:
         b.process.wait(timeout=20)
 
 
-def test_nodes_share_a_room_and_a_late_one_catches_up() -> None:
-    """Federation over what discovery found: the room is found in the DHT's
-    directory (read from mDNS neighbours) and joined through the servers its
-    directory entry and room record name.
+class LanNode:
+    """A ``p2pserver run`` process in one of the lab's namespaces, configured
+    with nothing but its data directory: its client API is the default
+    127.0.0.1:8008 of that namespace, and it finds its peers by itself."""
 
-    A late joiner catches up with the room's state (its members) and the
-    conversation from its join on. (History from before its join is not
-    pulled: federation leaves that to backfill on demand.)
-    """
-    node = "tests.discovery.lan_node"
-    with LanLab(3) as lab:
-        a = Probe(lab, 0, lab.ips[0], "--create-room", module=node)
-        b = Probe(lab, 1, lab.ips[1], "--join-public", module=node)
-        name_a = a.wait_for(30, event="listening")["server_name"]
-        name_b = b.wait_for(30, event="listening")["server_name"]
-        room = a.wait_for(30, event="room")["room"]
-        assert b.wait_for(60, event="room")["via"] == [name_a]
-        a.wait_for(30, event="message", room=room, body=f"hello from {name_b}")
-        b.wait_for(30, event="message", room=room, body=f"tick 2 from {name_a}")
+    def __init__(self, lab: LanLab, index: int, root: Path) -> None:
+        self.lab, self.index = lab, index
+        self.data_dir = root / f"node{index}"
+        self.log = root / f"node{index}.log"
+        with self.log.open("ab") as log:
+            argv = [sys.executable, "-m", "p2pserver", "run", "--data-dir", str(self.data_dir)]
+            self.process = lab.popen(index, argv, stdout=log, stderr=log, cwd=REPO)
+        self.server_name = self.url = ""
 
-        # A third node joins later and catches up.
-        c = Probe(lab, 2, lab.ips[2], "--join-public", module=node)
-        name_c = c.wait_for(30, event="listening")["server_name"]
-        assert set(c.wait_for(60, event="room", room=room)["via"]) == {name_a, name_b}
-        assert c.wait_for(10, event="members")["servers"] == sorted([name_a, name_b, name_c])
-        for probe in (a, b):
-            probe.wait_for(30, event="message", room=room, body=f"hello from {name_c}")
-        for name in (name_a, name_b):
-            # Ticks from after its join (history before it is not pulled).
-            c.wait_until(30, lambda events, name=name: ticks_from(events, name) >= 2, "ticks")
+    def wait_ready(self, timeout: float = 45) -> LanNode:
+        deadline = time.monotonic() + timeout
+        while not (match := READY.search(self.log.read_text())):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                state = "exited" if self.process.poll() is not None else "not ready"
+                raise AssertionError(f"node {self.index} {state}:\n{self.tail()}")
+            time.sleep(0.1)
+        self.server_name, self.url = match[1], match[2]
+        assert self.url == "http://127.0.0.1:8008", self.url  # the default, untouched
+        return self
+
+    def tail(self) -> str:
+        return self.log.read_text()[-4000:]
+
+    def connected(self) -> set[str]:
+        """The peers the node's snapshot (``p2pserver peers``) says it is connected to."""
+        status = read_status(self.data_dir)
+        return set(status["connected"]) if status else set()
+
+    def found_by(self, server_name: str) -> list[str]:
+        status = read_status(self.data_dir) or {}
+        return next(
+            (p["found_by"] for p in status.get("around", []) if p["server_name"] == server_name),
+            [],
+        )
+
+    def request(self, method: str, path: str, body: Any = None, token: str = "",
+                timeout: float = 30) -> dict[str, Any]:  # fmt: skip
+        """A client API request, made from inside the node's namespace."""
+        try:
+            return self.lab.call(
+                self.index, http_json, method, self.url + path, body, token, timeout
+            )
+        except AssertionError as e:
+            raise AssertionError(f"node {self.index}: {e}\n{self.tail()}") from None
+
+    def stop(self) -> None:
+        """SIGINT, as Ctrl-C would: the node must stop by itself, promptly and cleanly."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                raise AssertionError(f"node {self.index} ignored SIGINT:\n{self.tail()}") from None
+        assert self.process.returncode == 0, f"node {self.index} failed:\n{self.tail()}"
 
 
-def ticks_from(events: list[dict[str, Any]], origin: str) -> int:
-    return sum(
-        1
-        for e in events
-        if e.get("event") == "message" and e["origin"] == origin and e["body"].startswith("tick")
-    )
+def http_json(method: str, url: str, body: Any, token: str, timeout: float) -> dict[str, Any]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
+    except urllib.error.HTTPError as e:
+        raise AssertionError(f"{method} {url}: {e.code} {e.read().decode()[:500]}") from None
+
+
+class User:
+    """One registered user of a node, with a /sync stream."""
+
+    def __init__(self, node: LanNode, name: str) -> None:
+        self.node = node
+        body = {"username": name, "password": "pw", "auth": {"type": "m.login.dummy"}}
+        registered = node.request("POST", "/_matrix/client/v3/register", body)
+        self.user_id, self.token = registered["user_id"], registered["access_token"]
+        assert self.user_id == f"@{name}:{node.server_name}"
+        self.since = self.call("GET", "/sync?timeout=0")["next_batch"]
+        self.txn = 0
+
+    def call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        return self.node.request(method, "/_matrix/client/v3" + path, body, self.token)
+
+    def sync_until(
+        self, found: Callable[[dict[str, Any]], bool], what: str, timeout: float = WAIT
+    ) -> None:
+        """Long-poll /sync until one answer satisfies ``found``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            response = self.call("GET", f"/sync?timeout=2000&since={self.since}")
+            self.since = response["next_batch"]
+            if found(response):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.user_id}: no {what} in {timeout}s\n{self.node.tail()}")
+
+    def join(self, room_id: str, via: str) -> None:
+        query = urllib.parse.urlencode({"server_name": via})
+        joined = self.call("POST", f"/join/{urllib.parse.quote(room_id)}?{query}", {})
+        assert joined["room_id"] == room_id
+        self.sync_until(lambda r: room_id in r["rooms"]["join"], f"own join of {room_id}")
+
+    def say(self, room_id: str, body: str) -> None:
+        self.txn += 1
+        path = f"/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/t{self.txn}"
+        assert self.call("PUT", path, {"msgtype": "m.text", "body": body})["event_id"]
+
+    def history(self, room_id: str) -> list[str]:
+        """Every message body /messages gives paginating back from now, oldest first."""
+        bodies: list[str] = []
+        token = ""
+        for _ in range(20):
+            query = urllib.parse.urlencode(
+                {"dir": "b", "limit": 10, **({"from": token} if token else {})}
+            )
+            page = self.call("GET", f"/rooms/{urllib.parse.quote(room_id)}/messages?{query}")
+            bodies[:0] = message_bodies(page["chunk"])[::-1]  # the chunk is newest first
+            if not page["chunk"] or "end" not in page:
+                return bodies
+            token = page["end"]
+        raise AssertionError(f"{self.user_id}: /messages never ends")
+
+
+def message_bodies(events: list[dict[str, Any]]) -> list[str]:
+    return [e["content"]["body"] for e in events if e["type"] == "m.room.message"]
+
+
+def timeline(response: dict[str, Any], room_id: str) -> list[dict[str, Any]]:
+    room = response["rooms"]["join"].get(room_id)
+    return room["timeline"]["events"] if room else []
+
+
+def saw_message(room_id: str, body: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda response: body in message_bodies(timeline(response, room_id))
+
+
+def saw_join(room_id: str, user_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda response: any(
+        e["type"] == "m.room.member" and e["state_key"] == user_id
+        and e["content"]["membership"] == "join"
+        for e in timeline(response, room_id)
+    )  # fmt: skip
+
+
+def wait_connected(node: LanNode, others: list[LanNode], timeout: float = WAIT) -> None:
+    """Until ``node`` is connected to every one of ``others``, found by mDNS."""
+    deadline = time.monotonic() + timeout
+    names = {other.server_name for other in others}
+    while not names <= node.connected():
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"node {node.index} connected to {node.connected()}, not {names}\n{node.tail()}"
+            )
+        time.sleep(0.2)
+    for name in names:
+        assert HOW_MDNS in node.found_by(name), (name, node.found_by(name))
+
+
+@pytest.fixture
+def lan() -> Iterator[tuple[LanLab, Path]]:
+    with tempfile.TemporaryDirectory(prefix="p2plan") as root, LanLab(3) as lab:
+        yield lab, Path(root)
+
+
+def test_nodes_share_a_room_and_a_late_one_catches_up(lan: tuple[LanLab, Path]) -> None:
+    """Three ``p2pserver run`` nodes with no configuration: A and B find each
+    other on the LAN and share a room; C starts later, joins, sees the
+    conversation from before its join (history from its peers) and what is
+    said after it."""
+    lab, root = lan
+    with ExitStack() as stop:
+        a, b = LanNode(lab, 0, root), LanNode(lab, 1, root)
+        stop.callback(a.stop)
+        stop.callback(b.stop)
+        a.wait_ready(), b.wait_ready()
+        alice, bob = User(a, "alice"), User(b, "bob")
+        wait_connected(a, [b])
+        wait_connected(b, [a])
+
+        created = alice.call("POST", "/createRoom", {"preset": "public_chat", "name": "lan"})
+        room = created["room_id"]
+        bob.join(room, via=a.server_name)
+        alice.sync_until(saw_join(room, bob.user_id), "bob's join")
+        alice.say(room, "hello from alice")
+        bob.sync_until(saw_message(room, "hello from alice"), "alice's message")
+        bob.say(room, "hello from bob")
+        alice.sync_until(saw_message(room, "hello from bob"), "bob's message")
+
+        # C starts later, with no more configuration than the others.
+        c = LanNode(lab, 2, root)
+        stop.callback(c.stop)
+        c.wait_ready()
+        carol = User(c, "carol")
+        wait_connected(c, [a, b])
+        carol.join(room, via=a.server_name)
+        alice.sync_until(saw_join(room, carol.user_id), "carol's join")
+        alice.say(room, "welcome carol")
+        carol.sync_until(saw_message(room, "welcome carol"), "a message after her join")
+        # What was said before C joined, paginated back from now.
+        assert carol.history(room) == ["hello from alice", "hello from bob", "welcome carol"]
