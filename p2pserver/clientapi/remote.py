@@ -4,7 +4,8 @@ The client API serves one node's users from the local room engine. Some
 requests need other nodes: joining a room that no local user is in
 (make_join / send_join), inviting a user of another node (``/invite``,
 which the invitee's server co-signs), another node's profiles, aliases and
-room directory. The federation layer implements :class:`Remote` and passes
+room directory, and room history older than any the node holds (paging
+back with /messages). The federation layer implements :class:`Remote` and passes
 it to :func:`p2pserver.clientapi.serve_client_api`; without one, those
 requests fail with the errcode the spec gives for an unreachable server
 (M_NOT_FOUND for lookups, M_UNABLE_TO_GRANT_JOIN / M_FORBIDDEN for joins
@@ -42,6 +43,14 @@ class Remote(Protocol):
 
     async def query_profile(self, user_id: str) -> dict[str, Any]:
         """Another server's user's profile: ``displayname`` and ``avatar_url`` keys."""
+        ...
+
+    async def backfill(self, room_id: str, limit: int) -> int:
+        """Fetch up to ``limit`` events older than any held; how many were stored (0: none).
+
+        Never raises for an unreachable server: having no older history to
+        show is an answer.
+        """
         ...
 
     async def directory_rooms(self, server: str | None = None) -> list[dict[str, Any]]:

@@ -21,7 +21,11 @@ Rules beyond the engine's:
   room (400 M_BAD_ALIAS), as the spec asks of servers.
 - ``/messages`` paginates by stream position (``dir`` b or f, ``from`` /
   ``to`` tokens as issued by /sync and /messages), skipping events the user
-  may not see; ``end`` is left out when no further events exist.
+  may not see; ``end`` is left out when no further events exist (nor can
+  be fetched from other servers). Paging
+  back past the oldest event held asks other servers for older history
+  first (:meth:`Remote.backfill`, at most :data:`BACKFILL_ROUNDS` times per
+  request), so a room joined late shows what came before.
 - Typing, receipts and read markers need the user to be joined.
 """
 
@@ -35,7 +39,7 @@ from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.filters import EventFilter, parse_room_event_filter
 from p2pserver.clientapi.formats import client_event
 from p2pserver.clientapi.routing import Ctx, Router
-from p2pserver.clientapi.streams import StreamToken
+from p2pserver.clientapi.streams import HISTORY_START, STREAM_END, StreamToken
 from p2pserver.clientapi.sync import SyncEvent
 from p2pserver.clientapi.views import RoomViews
 from p2pserver.rooms.errors import AuthError
@@ -47,6 +51,8 @@ if TYPE_CHECKING:
 
 MAX_TYPING_TIMEOUT_MS = 120_000
 RECEIPT_TYPES = ("m.read", "m.read.private", "m.fully_read")
+# /messages: how often one request may fetch older history from other servers.
+BACKFILL_ROUNDS = 3
 
 
 def add_routes(router: Router) -> None:
@@ -406,29 +412,41 @@ async def messages(ctx: Ctx) -> dict[str, Any]:
     if from_text:
         start = StreamToken.parse(from_text, "from").events
     else:
-        start = api.engine.notifier.position if direction == "b" else 0
+        start = api.engine.notifier.position if direction == "b" else HISTORY_START
     to = StreamToken.parse(to_text, "to").events if to_text else None
     backwards = direction == "b"
     if backwards:
-        after, before = (to if to is not None else 0), start + 1
+        after, before = (to if to is not None else HISTORY_START), start + 1
     else:
-        after, before = start, (to + 1 if to is not None else 2**62)
-    items, more = views.timeline(
-        room_id,
-        ctx.user_id,
-        ctx.requester.device_id,
-        after=after,
-        before=before,
-        limit=limit,
-        newest_first=backwards,
-        flt=flt,
-    )
+        after, before = start, (to + 1 if to is not None else STREAM_END)
+    rounds = 0
+    while True:
+        items, more = views.timeline(
+            room_id,
+            ctx.user_id,
+            ctx.requester.device_id,
+            after=after,
+            before=before,
+            limit=limit,
+            newest_first=backwards,
+            flt=flt,
+        )
+        # Ran out of held history before ``limit``: older may be elsewhere.
+        if not backwards or more or len(items) >= limit or to is not None:
+            break
+        if api.remote is None or rounds == BACKFILL_ROUNDS:
+            break
+        rounds += 1
+        if not await api.remote.backfill(room_id, max(limit - len(items), 10)):
+            break
     now = api.now_ms()
     out: dict[str, Any] = {
         "start": str(StreamToken(start)),
         "chunk": [client_event(i.event, now_ms=now, unsigned=i.unsigned) for i in items],
     }
-    if items and more:
+    # Older history may still be had from other servers: let the client ask.
+    held_back = backwards and api.remote is not None and api.engine.backward_extremities(room_id)
+    if items and (more or held_back):
         last = items[-1].stream
         out["end"] = str(StreamToken(last - 1 if backwards else last))
     state = _lazy_members(ctx, views, room_id, items, flt)
@@ -453,7 +471,7 @@ async def context(ctx: Ctx) -> dict[str, Any]:
         room_id,
         ctx.user_id,
         ctx.requester.device_id,
-        after=0,
+        after=HISTORY_START,
         before=center.stream,
         limit=before_n,
         newest_first=True,
@@ -464,7 +482,7 @@ async def context(ctx: Ctx) -> dict[str, Any]:
         ctx.user_id,
         ctx.requester.device_id,
         after=center.stream,
-        before=2**62,
+        before=STREAM_END,
         limit=after_n,
         newest_first=False,
         flt=flt,

@@ -3,7 +3,9 @@
 A /sync ``next_batch`` (and any pagination token) is a :class:`StreamToken`
 of three positions, written ``s<events>_<account>_<ephemeral>``:
 
-- ``events``: the room event stream (the engine's stream orderings);
+- ``events``: the room event stream (the engine's stream orderings; history
+  fetched when a client paged back has negative ones, below
+  :data:`HISTORY_START` < them < 0, see :mod:`p2pserver.storage.store`);
 - ``account``: account data and receipts
   (:meth:`p2pserver.storage.accounts.AccountStore.stream_position`), and
   the to-device messages and device-list changes that take positions on
@@ -30,7 +32,9 @@ import trio
 from p2pserver.clientapi.errors import ApiError
 
 __all__ = [
+    "HISTORY_START",
     "PRESENCE_STATES",
+    "STREAM_END",
     "EphemeralCounter",
     "Presence",
     "PresenceRecord",
@@ -38,6 +42,11 @@ __all__ = [
     "Typing",
     "Wakeup",
 ]
+
+
+# Bounds of the room event stream: below the oldest history, above anything new.
+HISTORY_START = -(2**62)
+STREAM_END = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,7 +62,9 @@ class StreamToken:
     def parse(cls, text: str, name: str = "token") -> StreamToken:
         """Parse a token we issued; anything else is 400 M_INVALID_PARAM."""
         parts = text[1:].split("_") if text.startswith("s") else []
-        if not 1 <= len(parts) <= 3 or not all(p.isdigit() and len(p) < 20 for p in parts):
+        # Only the events position may be negative (history paged back to).
+        digits = [p.removeprefix("-") if i == 0 else p for i, p in enumerate(parts)]
+        if not 1 <= len(parts) <= 3 or not all(d.isdigit() and len(d) < 20 for d in digits):
             raise ApiError.of("M_INVALID_PARAM", f"invalid {name} {text!r}")
         numbers = [int(p) for p in parts] + [0] * (3 - len(parts))
         return cls(numbers[0], numbers[1], numbers[2])

@@ -53,7 +53,7 @@ from p2pserver.clientapi.pushrules import (
     default_ruleset,
 )
 from p2pserver.clientapi.routing import Ctx, Router
-from p2pserver.clientapi.streams import PRESENCE_STATES, StreamToken
+from p2pserver.clientapi.streams import HISTORY_START, PRESENCE_STATES, STREAM_END, StreamToken
 from p2pserver.clientapi.sync import (
     RoomSync,
     SyncEvent,
@@ -329,7 +329,7 @@ class SyncGatherer:
         room_data: Mapping[str, Any],
     ) -> RoomSync:
         room_id = member.room_id
-        after = since.events if since is not None else 0
+        after = since.events if since is not None else HISTORY_START
         timeline, limited, prev_batch = self._timeline(room_id, after=after, upto=upto)
         current = self.store.current_state(room_id)
         state_at_start = self._state_at_start(timeline, current)
@@ -361,7 +361,7 @@ class SyncGatherer:
     def _left(self, member: Membership, *, since: StreamToken | None, full_state: bool) -> RoomSync:
         room_id = member.room_id
         upto = member.stream_ordering or 0
-        after = since.events if since is not None else 0
+        after = since.events if since is not None else HISTORY_START
         timeline, limited, prev_batch = self._timeline(room_id, after=after, upto=upto)
         meta = self.store.event_meta(member.event_id)
         at_leave = self.store.state_map(meta.state_after) if meta and meta.state_after else {}
@@ -474,7 +474,7 @@ class SyncGatherer:
     ) -> list[tuple[int, int]]:
         """(notify, highlight) of each of the newest UNREAD_SCAN events after ``after``."""
         rows = self.api.reads.room_events(
-            room_id, after=after, before=2**62, limit=UNREAD_SCAN, newest_first=True
+            room_id, after=after, before=STREAM_END, limit=UNREAD_SCAN, newest_first=True
         )
         if not rows:
             return []

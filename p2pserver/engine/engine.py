@@ -45,11 +45,15 @@ Joining through a resident (:meth:`RoomEngine.accept_send_join`) takes the
 join: an event after a gap whose state we were given.
 
 Gaps. The prev events an accepted event lacked when we took the state at
-the gap from a peer are recorded (while a user of ours is joined: history
-from before we were in the room is not fetched by itself), and
+the gap from a peer are recorded: they are the room's backward extremities,
+where older history can be fetched. Those of a new event that arrived while
+a user of ours is joined are filled by themselves (events we missed);
+history from before we were in the room, and beyond what a fill fetched,
+is fetched only when a client pages back to it (``historic``: stored
+older than everything we hold, see :mod:`p2pserver.storage.store`).
 :meth:`RoomEngine.receive_history` fills them with events a peer sends:
-only events before the gap are taken, checked with steps 1-5 (step 6 is
-for new events), and they never become forward extremities.
+only events before a backward extremity are taken, checked with steps 1-5
+(step 6 is for new events), and they never become forward extremities.
 
 Dropped events are not stored. Rejected events are stored as rejected so
 they are not fetched and checked again, and are never served or used as
@@ -210,6 +214,8 @@ class _StateBefore:
     gap: bool = False
     # The event fills a gap before accepted events of ours (receive_history).
     backfill: bool = False
+    # ... with history a client paged back to: its reserved stream position.
+    history_position: int | None = None
 
 
 _EMPTY_STATE = _StateBefore({}, None, ())
@@ -423,13 +429,19 @@ class RoomEngine:
         raise _Dropped(None, f"unknown room {room_id} and its create event could not be had")
 
     async def _process_incoming(
-        self, origin: str, event: Event, *, pulled: bool, backfill: bool = False
+        self,
+        origin: str,
+        event: Event,
+        *,
+        pulled: bool,
+        backfill: bool = False,
+        history_position: int | None = None,
     ) -> PduResult:
         """Steps 2-6 for one event; the room's lock is held.
 
         ``pulled``: the event came from /get_missing_events, so its own
         missing prev events are not asked for again (no recursion).
-        ``backfill``: it fills a gap (see :meth:`receive_history`).
+        ``backfill``, ``history_position``: it fills a gap (see :meth:`receive_history`).
         """
         existing = self._held_copy(event)
         if existing is not None and existing.status != EventStatus.OUTLIER:
@@ -450,7 +462,9 @@ class RoomEngine:
         try:
             fetches = self._fetches
             await self._ensure_auth_events(origin, event)
-            before = await self._state_before(origin, event, pulled=pulled, backfill=backfill)
+            before = await self._state_before(
+                origin, event, pulled=pulled, backfill=backfill, history_position=history_position
+            )
             if self._fetches != fetches:
                 # Fetching may have stored this very event meanwhile (a peer
                 # can list it among the state it sends): go on from the store.
@@ -492,26 +506,34 @@ class RoomEngine:
         return PduResult.of(self._commit(event, status, reason, before, existing=existing))
 
     async def receive_history(
-        self, origin: str, room_id: str, pdus: Iterable[object]
+        self, origin: str, room_id: str, pdus: Iterable[object], *, historic: bool = False
     ) -> list[PduResult]:
         """Fill gaps before accepted events of ours with ``pdus`` (fetched from ``origin``).
 
         A gap is the prev events an event accepted on state from a peer
-        lacked (:meth:`gaps`). Only the ``pdus`` that are such a prev event,
-        or reached from one through prev events among them, are taken, so a
-        peer cannot pass anything else off as history; the rest are dropped.
-        They are checked oldest first with steps 1-5 like any PDU (their own
-        missing prev events fetched as usual), but not step 6: they are no
-        new events, the spec soft-fails "a new event" (Synapse does not
-        check backfilled events either). They never become forward
-        extremities (our accepted events follow them); the prev events they
-        point at stop being ones. A gap this does not fill is tried again
-        later (another peer may hold it), :data:`GAP_ATTEMPTS` times in all.
+        lacked (:meth:`backward_extremities`). Only the ``pdus`` that are
+        such a prev event, or reached from one through prev events among
+        them, are taken, so a peer cannot pass anything else off as history;
+        the rest are dropped. They are checked oldest first with steps 1-5
+        like any PDU, but not step 6: they are no new events, the spec
+        soft-fails "a new event" (Synapse does not check backfilled events
+        either). They never become forward extremities (our accepted events
+        follow them); the prev events they point at stop being ones, and
+        those they lack become backward extremities.
+
+        ``historic``: history a client pages back to (see the module
+        docstring); the prev events the oldest ones lack are not asked for
+        with /get_missing_events (nothing we hold is older), only the state
+        after them. Otherwise the room's gaps to fill by themselves
+        (:meth:`gaps`) are being filled: one this does not fill is tried
+        again later (another peer may hold it), :data:`GAP_ATTEMPTS` times
+        in all.
         """
         room_version = self.store.room_version(room_id)
         if room_version is None:
             return [PduResult(None, None, f"unknown room {room_id}")]
         gaps = self.store.gaps(room_id)
+        extremities = self.store.backward_extremities(room_id)
         parsed: dict[str, Event] = {}
         results: list[PduResult] = []
         for pdu in pdus:
@@ -522,22 +544,37 @@ class RoomEngine:
                 continue
             if event.room_id == room_id:
                 parsed[event.event_id] = event
-        history = _before(gaps, parsed)
+        history = _before(extremities, parsed)
         results += [
             PduResult(e, None, "not before a gap of ours") for e in parsed if e not in history
         ]
         async with self._lock(room_id):
-            for event in _prev_events_first(history):
+            ordered = _prev_events_first(history)
+            positions: Sequence[int | None] = (
+                self.store.reserve_history_positions(len(ordered))
+                if historic
+                else [None] * len(ordered)
+            )
+            for event, position in zip(ordered, positions, strict=True):
                 results.append(
-                    await self._process_incoming(origin, event, pulled=False, backfill=True)
+                    await self._process_incoming(
+                        origin, event, pulled=historic, backfill=True, history_position=position
+                    )
                 )
             with self.store.transaction():
-                self.store.gaps_tried(room_id, gaps, max_attempts=GAP_ATTEMPTS)
+                if historic:
+                    self.store.gaps_filled(room_id)
+                else:
+                    self.store.gaps_tried(room_id, gaps, max_attempts=GAP_ATTEMPTS)
         return results
 
     def gaps(self, room_id: str) -> list[str]:
-        """Prev events we lack of events we accepted after a gap (see :meth:`receive_history`)."""
+        """The room's gaps to fill by themselves: events we missed (see :meth:`receive_history`)."""
         return self.store.gaps(room_id)
+
+    def backward_extremities(self, room_id: str) -> list[str]:
+        """Every event we lack that events we hold follow: where older history can be fetched."""
+        return self.store.backward_extremities(room_id)
 
     # -- joining through a resident server -----------------------------------
 
@@ -735,7 +772,13 @@ class RoomEngine:
     # -- step 5: the state before the event ------------------------------------
 
     async def _state_before(
-        self, origin: str, event: Event, *, pulled: bool, backfill: bool = False
+        self,
+        origin: str,
+        event: Event,
+        *,
+        pulled: bool,
+        backfill: bool = False,
+        history_position: int | None = None,
     ) -> _StateBefore:
         prevs = list(dict.fromkeys(event.prev_event_ids))
         metas = self.store.event_metas(prevs)
@@ -746,12 +789,16 @@ class RoomEngine:
             missing = [p for p in prevs if p not in metas or not metas[p].has_state]
         if not missing:
             held = self._state_before_held(event)
-            return dataclasses.replace(held, backfill=True) if backfill else held
+            if backfill:
+                return dataclasses.replace(held, backfill=True, history_position=history_position)
+            return held
         groups = _state_after_groups(metas[p] for p in prevs if p not in missing)
         fetched = [await self._fetch_state_after(origin, event, p) for p in missing]
         state_sets = [self.store.state_map(g) for g in groups] + fetched
         resolved = self._resolve(event, state_sets)
-        return _StateBefore(resolved, None, groups, gap=True, backfill=backfill)
+        return _StateBefore(
+            resolved, None, groups, gap=True, backfill=backfill, history_position=history_position
+        )
 
     def _state_before_held(self, event: Event) -> _StateBefore:
         """The state before an event whose prev events are all held with their state."""
@@ -965,19 +1012,30 @@ class RoomEngine:
         reason = reason if status == EventStatus.REJECTED else None
         if existing is not None:
             meta = store.promote_outlier(
-                event, status, rejected_reason=reason, state_before=group, adds_state=adds_state
+                event,
+                status,
+                rejected_reason=reason,
+                state_before=group,
+                adds_state=adds_state,
+                stream_ordering=before.history_position,
             )
         else:
             meta = store.insert_event(
-                event, status, rejected_reason=reason, state_before=group, adds_state=adds_state
+                event,
+                status,
+                rejected_reason=reason,
+                state_before=group,
+                adds_state=adds_state,
+                stream_ordering=before.history_position,
             )
         updates: list[RoomUpdate] = []
         if status == EventStatus.ACCEPTED:
-            if before.gap and not before.backfill:
-                self._record_gap(event)
+            if before.gap:
+                self._record_gap(event, new=not before.backfill)
             delta = self._advance_room(event, meta, backfill=before.backfill)
             assert meta.stream_ordering is not None
-            updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
+            if before.history_position is None:  # older than what clients were shown: nothing new
+                updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
         elif status != EventStatus.OUTLIER:
             delta = self._advance_room(event, meta)
             if delta:  # it came after accepted events that follow it (see _advance_room)
@@ -987,22 +1045,22 @@ class RoomEngine:
             store.outbound.enqueue_pdu(destinations, meta.nid)
         return meta, updates
 
-    def _record_gap(self, event: Event) -> None:
-        """Remember the prev events we lack of an event accepted after a gap, to be filled.
+    def _record_gap(self, event: Event, *, new: bool) -> None:
+        """Remember the prev events we lack of an event accepted after a gap.
 
-        Only while a user of ours is joined: history from before we were in
-        the room is not fetched by itself. (Events that fill a gap never
-        record one: each gap is filled once, as far as the filler goes.)
+        They are filled by themselves only for a ``new`` event that came
+        while a user of ours is joined (events we missed): history from
+        before we were in the room, or older than a gap filled as far as
+        the filler went, is fetched when a client pages back to it.
         """
-        if self.server_name not in self.store.joined_servers(event.room_id):
-            return
+        auto = new and self.server_name in self.store.joined_servers(event.room_id)
         metas = self.store.event_metas(event.prev_event_ids)
         missing = [
             p
             for p in dict.fromkeys(event.prev_event_ids)
             if p not in metas or metas[p].status == EventStatus.OUTLIER
         ]
-        self.store.add_gaps(event.room_id, missing)
+        self.store.add_gaps(event.room_id, missing, auto=auto)
 
     def _advance_room(
         self, event: Event, meta: EventMeta, *, backfill: bool = False

@@ -8,6 +8,8 @@ server's errcode when it sent one, else the errcode the spec gives for a
 server that cannot be reached (M_NOT_FOUND for lookups,
 M_UNABLE_TO_GRANT_JOIN for joins). Another server's room alias is resolved
 by asking that server (the part after ':'), federation ``query_directory``.
+Older history a client pages back to is backfilled from the room's servers
+(:meth:`~p2pserver.federation.sync.RoomSync.backfill`).
 """
 
 from __future__ import annotations
@@ -62,6 +64,9 @@ class FederationRemote:
             return await self.federation.client.query_profile(sender_server(user_id), user_id)
         except PeerError as exc:
             raise _as_matrix_error(exc, "M_NOT_FOUND") from None
+
+    async def backfill(self, room_id: str, limit: int) -> int:
+        return await self.federation.sync.backfill(room_id, limit)
 
     async def directory_rooms(self, server: str | None = None) -> list[dict[str, Any]]:
         # Federation alone has no shared directory; the node adds discovery's.

@@ -52,6 +52,13 @@ room has such gaps (after a transaction, a catch-up, and at each periodic
 round), they are collected from a peer as in a catch-up and handed to the
 engine as history (:meth:`~p2pserver.engine.engine.RoomEngine.receive_history`),
 one fill per room at a time.
+
+Paging back (``backfill``): history older than anything we hold (from
+before we joined, or beyond a fill) is fetched only when a client pages
+back to it: the spec's ``/backfill`` from the room's backward extremities,
+asking servers of the room, connected ones first, until one gives events
+we accept (at most :data:`BACKFILL_SERVERS` of them, each under
+:data:`BACKFILL_TIMEOUT` seconds, so the client's request stays bounded).
 """
 
 from __future__ import annotations
@@ -95,6 +102,9 @@ RESTORE_PATIENCE = 600.0
 MAX_RESTORED = 1000
 RESTORE_PROBES = 3
 MAX_CONCURRENT_EXCHANGES = 8
+# backfill: how many servers to ask, and how long each may take.
+BACKFILL_SERVERS = 3
+BACKFILL_TIMEOUT = 10.0
 
 
 def _rank(*parts: object) -> bytes:
@@ -332,6 +342,41 @@ class RoomSync:
             accepted,
         )
         return accepted
+
+    async def backfill(self, room_id: str, limit: int) -> int:
+        """Fetch up to ``limit`` events older than any we hold; return how many we accepted."""
+        extremities = self.engine.backward_extremities(room_id)
+        if not extremities:
+            return 0
+        connected = self.network.connected_peers()
+        servers = sorted(
+            (s for s in room_servers(self.store, room_id) if s != self.server_name),
+            key=lambda s: (s not in connected, _rank(room_id, s)),
+        )
+        lock = self._room_locks.setdefault(room_id, trio.Lock())
+        async with lock:
+            for server in servers[:BACKFILL_SERVERS]:
+                pdus: list[Any] = []
+                with trio.move_on_after(BACKFILL_TIMEOUT):
+                    try:
+                        pdus = await self.client.backfill(server, room_id, extremities, limit)
+                    except FederationError as exc:
+                        logger.info("backfill of %s from %s failed: %s", room_id, server[:8], exc)
+                if not pdus:
+                    continue
+                results = await self.engine.receive_history(server, room_id, pdus, historic=True)
+                accepted = sum(r.accepted for r in results)
+                logger.info(
+                    "backfilled %d of %d events of %s from %s",
+                    accepted,
+                    len(pdus),
+                    room_id,
+                    server[:8],
+                )
+                if accepted:
+                    self.events_pulled += accepted
+                    return accepted
+        return 0
 
     async def restore_stripped(self, room_id: str) -> int:
         """Fetch whole copies of the room's events we hold stripped; return how many we got.

@@ -42,7 +42,9 @@ the events held redacted (``events_stripped``), which are fetched again
 whole once we may see them; 5 adds ``event_gaps``: per room, the prev events
 we lack of events accepted on state taken from a peer (a gap in our DAG),
 with how often filling each was tried; 6 keeps the inviting server's
-stripped state of each invite (:mod:`p2pserver.storage.invites`).
+stripped state of each invite (:mod:`p2pserver.storage.invites`); 7 marks
+which gaps are filled by themselves (``auto``) and which are history that
+is fetched only when a client pages back to it (backward extremities).
 """
 
 from __future__ import annotations
@@ -184,6 +186,11 @@ def _gaps(conn: apsw.Connection) -> None:
     )
 
 
+def _history_points(conn: apsw.Connection) -> None:
+    """Step 7: a gap is filled by itself (auto) or only when a client pages back to it."""
+    conn.execute("ALTER TABLE event_gaps ADD COLUMN auto INTEGER NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     _v1,
     accounts_v1,
@@ -191,4 +198,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     _stripped_index,
     _gaps,
     invites_v1,
+    _history_points,
 )

@@ -22,8 +22,17 @@ Rules:
   server served it stripped) is replaced by the full copy once one arrives
   (:meth:`Store.replace_stripped`); nothing else about it changes.
 - Gaps (``event_gaps``): prev events the engine recorded as missing before
-  an accepted event; one stays until it is in the DAG or filling it was
-  tried often enough (:meth:`Store.gaps_tried`).
+  an accepted event; one stays until it is in the DAG. All of them are the
+  room's backward extremities (:meth:`Store.backward_extremities`: where
+  older history can be fetched from); those marked ``auto`` are also
+  filled by themselves (:meth:`Store.gaps`) until that was tried often
+  enough (:meth:`Store.gaps_tried`).
+- Stream positions order events as they entered our DAG, for clients.
+  History fetched for a client paging back is older than anything we
+  hold, so it gets positions below all others (negative), as Synapse does:
+  /sync never shows it as new, and /messages finds it in order. A batch
+  reserves its positions first (:meth:`Store.reserve_history_positions`),
+  as its events are stored oldest first but numbered down from the newest.
 """
 
 from __future__ import annotations
@@ -136,6 +145,9 @@ class Store:
         self._meta: LruCache[str, EventMeta] = LruCache(50_000)
         self._events: LruCache[str, Event] = LruCache(10_000)
         self._stream: int | None = None
+        # The lowest history position handed out; not a cache (a rollback
+        # keeps it): reserved positions must never be handed out twice.
+        self._history_floor: int | None = None
         self._extremities: dict[str, tuple[str, ...]] = {}
         db.on_rollback(self.clear_caches)
 
@@ -316,6 +328,20 @@ class Store:
         self._stream += 1
         return self._stream
 
+    def reserve_history_positions(self, count: int) -> list[int]:
+        """``count`` stream positions below every other, ascending (see the module docstring)."""
+        if self._history_floor is None:
+            row = self.db.query_one("SELECT MIN(stream_ordering) FROM events")
+            lowest = int(row[0]) if row and row[0] is not None else 0
+            self._history_floor = min(lowest, 0)
+        self._history_floor -= count
+        return list(range(self._history_floor, self._history_floor + count))
+
+    def _stream_position(self, status: EventStatus, reserved: int | None) -> int | None:
+        if status not in IN_DAG:
+            return None
+        return reserved if reserved is not None else self._next_stream_ordering()
+
     def max_stream_ordering(self) -> int:
         if self._stream is None:
             row = self.db.query_one("SELECT MAX(stream_ordering) FROM events")
@@ -330,6 +356,7 @@ class Store:
         rejected_reason: str | None = None,
         state_before: int | None = None,
         adds_state: bool = False,
+        stream_ordering: int | None = None,
     ) -> EventMeta:
         """Store a new event (inside a transaction) with what we decided about it.
 
@@ -337,6 +364,8 @@ class Store:
         for outliers); the state after it is that group, plus the event
         itself when ``adds_state`` (an accepted or soft-failed state event).
         Non-rejected events must have all their auth events stored already.
+        ``stream_ordering``: one reserved for history paged back to, else
+        the next one.
         """
         if (status == EventStatus.REJECTED) != (rejected_reason is not None):
             raise ValueError("a rejected_reason goes with, and only with, status rejected")
@@ -344,7 +373,7 @@ class Store:
             status in IN_DAG and state_before is None
         ):
             raise ValueError("outliers have no state; accepted and soft-failed events do")
-        stream = self._next_stream_ordering() if status in IN_DAG else None
+        stream = self._stream_position(status, stream_ordering)
         # The state after a state event needs the event's nid: set it below.
         after = None if adds_state else state_before
         self.db.execute(
@@ -405,6 +434,7 @@ class Store:
         rejected_reason: str | None = None,
         state_before: int,
         adds_state: bool = False,
+        stream_ordering: int | None = None,
     ) -> EventMeta:
         """Place a stored outlier in the DAG now that we know the state before it."""
         old = self.event_meta(event.event_id)
@@ -412,7 +442,7 @@ class Store:
             raise ValueError(f"{event.event_id} is not a stored outlier")
         if (status == EventStatus.REJECTED) != (rejected_reason is not None):
             raise ValueError("a rejected_reason goes with, and only with, status rejected")
-        stream = self._next_stream_ordering() if status in IN_DAG else None
+        stream = self._stream_position(status, stream_ordering)
         self.db.execute(
             """UPDATE events SET status = ?, rejected_reason = ?, stream_ordering = ?,
                    state_before = ? WHERE event_nid = ?""",
@@ -597,41 +627,68 @@ class Store:
             )
         ]
 
-    def add_gaps(self, room_id: str, event_ids: Iterable[str]) -> None:
-        """Record prev events we lack of an accepted event (inside a transaction)."""
+    def add_gaps(self, room_id: str, event_ids: Iterable[str], *, auto: bool = True) -> None:
+        """Record prev events we lack of an accepted event (inside a transaction).
+
+        ``auto``: fill them by themselves; else only when a client pages back.
+        A gap recorded both ways is filled by itself.
+        """
         self.db.executemany(
-            "INSERT OR IGNORE INTO event_gaps (room_id, event_id) VALUES (?, ?)",
-            [(room_id, e) for e in event_ids],
+            """INSERT INTO event_gaps (room_id, event_id, auto) VALUES (?, ?, ?)
+               ON CONFLICT (room_id, event_id) DO UPDATE SET auto = MAX(auto, excluded.auto)""",
+            [(room_id, e, int(auto)) for e in event_ids],
         )
 
     def gaps(self, room_id: str) -> list[str]:
-        """The room's recorded gaps that are still missing from the DAG."""
+        """The room's gaps to fill by themselves that are still missing from the DAG."""
+        return self._missing_gaps(room_id, "AND g.auto = 1")
+
+    def backward_extremities(self, room_id: str) -> list[str]:
+        """Every recorded gap of the room still missing from the DAG: where older history is."""
+        return self._missing_gaps(room_id, "")
+
+    def _missing_gaps(self, room_id: str, condition: str) -> list[str]:
         return [
             r[0]
             for r in self.db.query(
-                """SELECT g.event_id FROM event_gaps g LEFT JOIN events e USING (event_id)
-                   WHERE g.room_id = ? AND (e.status IS NULL OR e.status = 'outlier')
-                   ORDER BY g.event_id""",
+                f"""SELECT g.event_id FROM event_gaps g LEFT JOIN events e USING (event_id)
+                    WHERE g.room_id = ? AND (e.status IS NULL OR e.status = 'outlier') {condition}
+                    ORDER BY g.event_id""",
                 (room_id,),
             )
         ]
 
     def gaps_tried(self, room_id: str, event_ids: Iterable[str], *, max_attempts: int) -> None:
-        """One more try at filling these gaps (inside a transaction): filled or spent ones go."""
+        """One more try at filling these gaps (inside a transaction).
+
+        Filled ones go; spent ones are no longer filled by themselves but
+        stay backward extremities (a client paging back may still fetch them).
+        """
         ids = list(event_ids)
         self.db.executemany(
             "UPDATE event_gaps SET attempts = attempts + 1 WHERE room_id = ? AND event_id = ?",
             [(room_id, e) for e in ids],
         )
         self.db.execute(
-            """DELETE FROM event_gaps WHERE room_id = ? AND (attempts >= ? OR event_id IN
+            "UPDATE event_gaps SET auto = 0 WHERE room_id = ? AND attempts >= ?",
+            (room_id, max_attempts),
+        )
+        self.gaps_filled(room_id)
+
+    def gaps_filled(self, room_id: str) -> None:
+        """Forget the room's gaps that are now in the DAG (inside a transaction)."""
+        self.db.execute(
+            """DELETE FROM event_gaps WHERE room_id = ? AND event_id IN
                    (SELECT event_id FROM events WHERE status != 'outlier'
-                    AND event_id IN (SELECT event_id FROM event_gaps WHERE room_id = ?)))""",
-            (room_id, max_attempts, room_id),
+                    AND event_id IN (SELECT event_id FROM event_gaps WHERE room_id = ?))""",
+            (room_id, room_id),
         )
 
     def rooms_with_gaps(self) -> list[str]:
-        return [r[0] for r in self.db.query("SELECT DISTINCT room_id FROM event_gaps")]
+        """Rooms with gaps to fill by themselves."""
+        return [
+            r[0] for r in self.db.query("SELECT DISTINCT room_id FROM event_gaps WHERE auto = 1")
+        ]
 
     def min_depth(self, room_id: str) -> int:
         row = self.db.query_one(

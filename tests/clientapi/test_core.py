@@ -222,7 +222,12 @@ def test_stream_tokens() -> None:
     assert StreamToken.parse("s1_2_3") == StreamToken(1, 2, 3)
     assert StreamToken.parse("s5") == StreamToken(5, 0, 0)
     assert str(StreamToken(1, 2, 3)) == "s1_2_3"
-    for bad in ("", "x1", "s", "s1_2_3_4", "s-1", "s1_x", "s" + "9" * 30):
+    # History paged back to has negative event positions; nothing else does.
+    assert StreamToken.parse("s-7_2_3") == StreamToken(-7, 2, 3)
+    assert str(StreamToken(-7)) == "s-7_0_0"
+    lowest = StreamToken(-(2**62))  # /messages' start when paging forwards from the beginning
+    assert StreamToken.parse(str(lowest)) == lowest
+    for bad in ("", "x1", "s", "s1_2_3_4", "s-", "s--1", "s1_-2", "s1_x", "s" + "9" * 30):
         with pytest.raises(ApiError):
             StreamToken.parse(bad)
 

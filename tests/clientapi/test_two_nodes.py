@@ -397,3 +397,41 @@ async def test_public_room_joined_by_alias_from_the_other_node(
     finally:
         await alice.close()
         await bob.close()
+
+
+@run
+async def test_a_late_joiner_pages_back_through_history_from_before_it_joined(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    """Node 2 holds nothing of the room's past: /messages backfills it from node 1."""
+    alice, bob = await new_user(n1, "kim"), await new_user(n2, "lee")
+    try:
+        room_id = await create(alice, visibility=RoomVisibility.public, name="Log")
+        before = [f"old{i}" for i in range(60)]
+        for body in before:
+            sent = await alice.room_send(
+                room_id, "m.room.message", {"msgtype": "m.text", "body": body}
+            )
+            assert isinstance(sent, RoomSendResponse), sent
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+        first = await sync_until(bob, lambda r: room_id in r.rooms.join, "own join")
+        timeline = first.rooms.join[room_id].timeline
+        assert texts(timeline.events) == []  # only the join: nothing before it is held
+        # Paging back fetches the history page by page, oldest last, in order.
+        assert await page_all(bob, room_id, timeline.prev_batch, MessageDirection.back,
+                              25) == before  # fmt: skip
+        # And it is held now: paging forwards from the start gives it again,
+        # followed by what came after the join.
+        sent = await alice.room_send(
+            room_id, "m.room.message", {"msgtype": "m.text", "body": "new"}
+        )
+        assert isinstance(sent, RoomSendResponse), sent
+        await sync_until(bob, lambda r: "new" in timeline_texts(r, room_id), "a new message")
+        assert await page_all(bob, room_id, "", MessageDirection.front, 40) == [*before, "new"]
+        # The room's name (history visibility "shared": bob may see it all).
+        name = await bob.room_get_state_event(room_id, "m.room.name")
+        assert name.content == {"name": "Log"}
+    finally:
+        await alice.close()
+        await bob.close()
