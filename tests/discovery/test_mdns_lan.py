@@ -295,17 +295,20 @@ def saw_join(room_id: str, user_id: str) -> Callable[[dict[str, Any]], bool]:
 
 
 def wait_connected(node: LanNode, others: list[LanNode], timeout: float = WAIT) -> None:
-    """Until ``node`` is connected to every one of ``others``, found by mDNS."""
+    """Until ``node`` is connected to every one of ``others`` and has seen
+    each on the LAN (mDNS; a connection the other made may come first)."""
     deadline = time.monotonic() + timeout
     names = {other.server_name for other in others}
-    while not names <= node.connected():
+    while not (
+        names <= node.connected() and all(HOW_MDNS in node.found_by(name) for name in names)
+    ):
         if time.monotonic() > deadline:
+            found_by = {name: node.found_by(name) for name in names}
             raise AssertionError(
-                f"node {node.index} connected to {node.connected()}, not {names}\n{node.tail()}"
+                f"node {node.index} connected to {node.connected()}, not {names} "
+                f"(found by {found_by})\n{node.tail()}"
             )
         time.sleep(0.2)
-    for name in names:
-        assert HOW_MDNS in node.found_by(name), (name, node.found_by(name))
 
 
 @pytest.fixture
