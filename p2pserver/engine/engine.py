@@ -1245,7 +1245,7 @@ class RoomEngine:
         state_key: str | None,
         extra: Mapping[str, Any] | None,
     ) -> tuple[Event, _StateBefore]:
-        room_version, prevs, before, depth = self._next_position(room_id)
+        room_version, prevs, before, depth = self._next_position(room_id, sender)
         auth_ids = select_auth_event_ids(
             room_version, event_type, sender, state_key, content, before.state
         )
@@ -1267,20 +1267,26 @@ class RoomEngine:
         _check_format(event)
         return event, before
 
-    def _next_position(self, room_id: str) -> tuple[RoomVersion, list[str], _StateBefore, int]:
-        """Where a new event of ours goes: version, prev_events, the state before it, depth.
+    def _next_position(
+        self, room_id: str, sender: str
+    ) -> tuple[RoomVersion, list[str], _StateBefore, int]:
+        """Where a new event of ``sender`` goes: version, prev_events, the state before it, depth.
 
-        prev_events are the (at most ten) deepest forward extremities; the
-        state before is the current state, or the resolution of those
-        extremities' states when there are more; depth is one more than the
-        deepest prev event.
+        prev_events are the forward extremities, at most ten: when there are
+        more, those after the sender's current membership first (else the
+        state before, the resolution of their states, could lack it: a user
+        who just joined a busy room could not speak), then the deepest. The
+        state before is the current state, or that resolution; depth is one
+        more than the deepest prev event.
         """
         record = self.store.room(room_id)
         extremities = self.store.forward_extremities(room_id)
         if record is None or record.current_state_group is None or not extremities:
             raise NotFound(f"room {room_id} is not known here")
         room_version = record.room_version
-        prevs = extremities[:MAX_PREV_EVENTS]  # the deepest ones
+        prevs = extremities  # deepest first
+        if len(extremities) > MAX_PREV_EVENTS:
+            prevs = self._prevs_after_membership(record.current_state_group, extremities, sender)
         metas = self.store.event_metas(prevs)
         if len(prevs) == len(extremities):
             group = record.current_state_group
@@ -1292,6 +1298,22 @@ class RoomEngine:
             before = _StateBefore(resolved, None, groups)
         depth = min(max(m.depth for m in metas.values()) + 1, MAX_DEPTH)
         return room_version, prevs, before, depth
+
+    def _prevs_after_membership(
+        self, current_group: int, extremities: list[str], sender: str
+    ) -> list[str]:
+        """:data:`MAX_PREV_EVENTS` of ``extremities``: those whose state holds the sender's
+        current membership first, each part deepest first (see :meth:`_next_position`)."""
+        key = ("m.room.member", sender)
+        membership = self.store.state_map(current_group).get(key)
+        metas = self.store.event_metas(extremities)
+
+        def after_membership(event_id: str) -> bool:
+            group = metas[event_id].state_after
+            return group is not None and self.store.state_map(group).get(key) == membership
+
+        ranked = sorted(extremities, key=lambda e: not after_membership(e))  # stable: depth kept
+        return ranked[:MAX_PREV_EVENTS]
 
     def build_membership_template(
         self, room_id: str, user_id: str, membership: str, *, now_ms: int | None = None
@@ -1305,7 +1327,7 @@ class RoomEngine:
         not take that membership now, :class:`NotFound` for a room whose DAG
         we do not hold.
         """
-        room_version, prevs, before, depth = self._next_position(room_id)
+        room_version, prevs, before, depth = self._next_position(room_id, user_id)
         content = {"membership": membership}
         template: dict[str, Any] = {
             "type": "m.room.member",

@@ -203,3 +203,33 @@ async def test_local_events_over_the_pdu_size_limit_are_refused() -> None:
     with pytest.raises(EventTooLarge):
         await a.create_room(alice, {"preset": "private_chat", "topic": "t" * 70_000})
     assert len(a.store.room_ids()) == 1
+
+
+@trio_test
+async def test_a_new_member_can_speak_when_its_join_is_not_among_the_deepest_extremities() -> None:
+    room = await make_room(2)
+    (a, b), rid = room.engines, room.room_id
+    late = user(a, "late")
+    join_id = await a.join(rid, late)
+    # Eleven two-message chains from b, concurrent with each other and with
+    # the join (b has not seen it): all deeper than the join.
+    tip = b.forward_extremities(rid)
+    pdus = []
+    for i in range(11):
+        for j in range(2):
+            event = b.store.load_event(
+                await b.send_message(rid, room.users[1], {"body": f"{i}.{j}"})
+            )
+            assert event is not None
+            pdus.append(event.get_pdu_json())
+        with b.store.transaction():
+            b.store.set_forward_extremities(rid, tip)
+    for pdu in pdus:
+        assert (await a.receive_pdu(b.server_name, pdu)).accepted
+    extremities = a.forward_extremities(rid)
+    assert len(extremities) == 12 and extremities[-1] == join_id  # the shallowest
+    event_id = await a.send_message(rid, late, {"body": "hello"})
+    event = a.store.load_event(event_id)
+    assert event is not None and len(event.prev_event_ids) == 10
+    assert join_id in event.prev_event_ids
+    assert a.store.event_meta(event_id).status == EventStatus.ACCEPTED  # type: ignore[union-attr]
