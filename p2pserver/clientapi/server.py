@@ -123,6 +123,11 @@ class ClientAPI:
         self.wakeup.poke()
 
     def _on_room_update(self, update: RoomUpdate) -> None:
+        if update.restored is not None:
+            meta = self.store.event_meta(update.restored)
+            if meta is not None and meta.state_key is not None:
+                # Clients may hold its stripped copy: /sync sends it again.
+                self.accounts.add_restored(update.room_id, update.restored)
         self.poke()
 
     def e2ee_changed(self, *, edus: bool = False) -> None:

@@ -14,7 +14,9 @@ Rules, per room section:
   start of the timeline": every state event at the start of the timeline
   whose event differs from the state at ``since`` (all of them when
   ``state_at_since`` is None: an initial sync, ``full_state``, or a room
-  the user joined since). The state filter applies; with
+  the user joined since), and those ``restored`` since (held stripped
+  when the client was last told, whole now: the same event ID, but the
+  client holds the stripped content). The state filter applies; with
   ``lazy_load_members`` only the ``m.room.member`` events of the timeline's
   senders (and the user's own) are sent. ``ephemeral`` holds ``m.typing``
   (when it changed) and ``m.receipt`` (receipts since), ``account_data``
@@ -74,6 +76,8 @@ class RoomSync:
     state_at_start: Mapping[StateKey, SyncEvent] = field(default_factory=dict)
     # Event IDs of the state at ``since``; None: send all of state_at_start.
     state_at_since: Mapping[StateKey, str] | None = None
+    # Event IDs held whole since ``since`` (sent again even if unchanged).
+    restored: frozenset[str] = frozenset()
     # The typing users, or None when typing did not change.
     typing: Sequence[str] | None = None
     receipts: Sequence[ReceiptRecord] = ()
@@ -135,7 +139,8 @@ def _state_section(
     senders = {item.event.sender for item in room.timeline} | {user_id}
     out: list[dict[str, Any]] = []
     for key, item in room.state_at_start.items():
-        if since is not None and since.get(key) == item.event.event_id:
+        unchanged = since is not None and since.get(key) == item.event.event_id
+        if unchanged and item.event.event_id not in room.restored:
             continue
         if flt.lazy_load_members and key[0] == MEMBER and key[1] not in senders:
             continue

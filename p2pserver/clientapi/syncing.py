@@ -37,7 +37,7 @@ also wake it. Either way ``next_batch`` covers everything looked at.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -204,6 +204,7 @@ class SyncGatherer:
             global_data["m.push_rules"] = default_ruleset(self.user_id)
         changed = set() if initial else api.reads.rooms_changed(since_token.events, now.events)
         receipt_rooms = set() if initial else api.accounts.receipt_rooms_since(since_token.account)
+        restored = {} if initial else api.accounts.restored_since(since_token.account)
         forgotten = api.accounts.forgotten_rooms(self.user_id)
         rooms: list[RoomSync] = []
         shared_users: set[str] = {self.user_id}
@@ -217,6 +218,7 @@ class SyncGatherer:
                     member.room_id in changed
                     or member.room_id in receipt_rooms
                     or member.room_id in room_data
+                    or member.room_id in restored
                     or api.typing.changed_since(member.room_id, ephemeral_since)
                 )
                 if initial or full_state or new or not quiet:
@@ -228,6 +230,7 @@ class SyncGatherer:
                             upto=now.events,
                             ephemeral_since=ephemeral_since,
                             room_data=room_data.get(member.room_id, {}),
+                            restored=restored.get(member.room_id, set()),
                         )
                     )
             elif member.membership in ("invite", "knock"):
@@ -327,6 +330,7 @@ class SyncGatherer:
         upto: int,
         ephemeral_since: int,
         room_data: Mapping[str, Any],
+        restored: Collection[str] = (),
     ) -> RoomSync:
         room_id = member.room_id
         after = since.events if since is not None else HISTORY_START
@@ -351,6 +355,7 @@ class SyncGatherer:
             prev_batch=prev_batch,
             state_at_start=state_at_start,
             state_at_since=state_at_since,
+            restored=frozenset(restored),
             typing=typing,
             receipts=receipts,
             account_data=room_data,

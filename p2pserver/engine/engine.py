@@ -496,7 +496,10 @@ class RoomEngine:
         if outcome.verdict is REJECT or outcome.event.redacted:
             return existing
         with self.store.transaction():
-            return self.store.replace_stripped(outcome.event)
+            meta = self.store.replace_stripped(outcome.event)
+        position = self.store.max_stream_ordering()
+        self._announce([RoomUpdate(event.room_id, None, position, restored=event.event_id)])
+        return meta
 
     def _decide(
         self, event: Event, before: _StateBefore, existing: EventMeta | None = None
@@ -982,12 +985,16 @@ class RoomEngine:
                 )
         except MatrixError as exc:  # state resolution of the new extremities failed
             raise _Dropped(event.event_id, f"cannot store: {exc.message}") from None
+        self._announce(updates)
+        return meta
+
+    def _announce(self, updates: list[RoomUpdate]) -> None:
+        """Notify ``updates`` (committed), or once the batch they are part of commits."""
         if self._deferred_updates is not None:
-            self._deferred_updates += updates  # announced when the batch commits
+            self._deferred_updates += updates
         else:
             for update in updates:
                 self.notifier.notify(update)
-        return meta
 
     def _persist(
         self,

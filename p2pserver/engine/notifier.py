@@ -1,8 +1,9 @@
 """Telling the rest of the node that a room changed.
 
-Every event that enters a room's timeline (accepted, not soft-failed), and
-every change of a room's current state, produces one :class:`RoomUpdate`,
-after its transaction committed. /sync and the federation sender build on
+Every event that enters a room's timeline (accepted, not soft-failed),
+every change of a room's current state, and every event we held stripped
+and now hold whole (``restored``: clients were shown the stripped copy),
+produces one :class:`RoomUpdate`, after its transaction committed. /sync and the federation sender build on
 this.
 
 Two ways to listen, neither of which spawns tasks:
@@ -41,6 +42,8 @@ class RoomUpdate:
     state_delta: Mapping[StateKey, str | None] = field(default_factory=dict)
     # True for events created by this server's users.
     local: bool = False
+    # An event held stripped that is now held whole (the same event ID).
+    restored: str | None = None
 
 
 Listener = Callable[[RoomUpdate], None]

@@ -42,6 +42,10 @@ Theory of the tables (schema step ``accounts_v1``):
 - ``client_stream``: the one-row counter of the account stream.
 - ``events_room_stream``: an index on the engine's ``events`` table so a
   room's timeline reads by stream position without a scan.
+
+Step ``accounts_v2`` adds ``restored_events``: events the node held
+stripped (clients were shown the stripped copy) and now holds whole, on
+the account stream, so /sync sends their state again.
 """
 
 from __future__ import annotations
@@ -168,6 +172,17 @@ CREATE INDEX events_room_stream ON events(room_id, stream_ordering)
 def accounts_v1(conn: apsw.Connection) -> None:
     """Schema step: the client API's tables (see the module docstring)."""
     conn.execute(_ACCOUNTS_V1)
+
+
+def accounts_v2(conn: apsw.Connection) -> None:
+    """Schema step: events held whole after clients were shown a stripped copy."""
+    conn.execute(
+        """CREATE TABLE restored_events (
+               stream INTEGER PRIMARY KEY,
+               room_id TEXT NOT NULL,
+               event_id TEXT NOT NULL
+           )"""
+    )
 
 
 class UserExists(Exception):
@@ -500,6 +515,26 @@ class AccountStore:
                 "SELECT DISTINCT room_id FROM receipts WHERE stream > ?", (since,)
             )
         }
+
+    # -- events restored whole -------------------------------------------------
+
+    def add_restored(self, room_id: str, event_id: str) -> int:
+        with self._write():
+            stream = self.next_stream()
+            self.db.execute(
+                "INSERT INTO restored_events (stream, room_id, event_id) VALUES (?, ?, ?)",
+                (stream, room_id, event_id),
+            )
+        return stream
+
+    def restored_since(self, since: int) -> dict[str, set[str]]:
+        """Per room, the events restored whole after account stream position ``since``."""
+        out: dict[str, set[str]] = {}
+        for room_id, event_id in self.db.query(
+            "SELECT room_id, event_id FROM restored_events WHERE stream > ?", (since,)
+        ):
+            out.setdefault(room_id, set()).add(event_id)
+        return out
 
     # -- aliases and the room directory ----------------------------------------
 

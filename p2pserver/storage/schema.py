@@ -44,7 +44,8 @@ we lack of events accepted on state taken from a peer (a gap in our DAG),
 with how often filling each was tried; 6 keeps the inviting server's
 stripped state of each invite (:mod:`p2pserver.storage.invites`); 7 marks
 which gaps are filled by themselves (``auto``) and which are history that
-is fetched only when a client pages back to it (backward extremities).
+is fetched only when a client pages back to it (backward extremities); 8
+records events held whole after clients saw them stripped (client API).
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ from collections.abc import Callable
 
 import apsw
 
-from p2pserver.storage.accounts import accounts_v1
+from p2pserver.storage.accounts import accounts_v1, accounts_v2
 from p2pserver.storage.e2ee import e2ee_v1
 from p2pserver.storage.invites import invites_v1
 
@@ -199,4 +200,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     _gaps,
     invites_v1,
     _history_points,
+    accounts_v2,
 )

@@ -88,6 +88,11 @@ def test_state_is_the_difference_from_since() -> None:
     # None: all of it (initial sync, full_state, newly joined).
     full = build([RoomSync(ROOM, "join", state_at_start=STATE)], initial=True)
     assert len(full["rooms"]["join"][ROOM]["state"]["events"]) == 3
+    # Held whole since the client saw it stripped: sent again, the same event.
+    restored_id = next(iter(since.values()))
+    again = build([RoomSync(ROOM, "join", state_at_start=STATE, state_at_since=since,
+                            restored=frozenset({restored_id}))])  # fmt: skip
+    assert [e["event_id"] for e in again["rooms"]["join"][ROOM]["state"]["events"]] == [restored_id]
 
 
 def test_lazy_loading_keeps_members_of_timeline_senders_and_self() -> None:

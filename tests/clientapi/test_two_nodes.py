@@ -435,3 +435,29 @@ async def test_a_late_joiner_pages_back_through_history_from_before_it_joined(
     finally:
         await alice.close()
         await bob.close()
+
+
+@run
+async def test_an_invitee_sees_the_room_state_whole_once_joined(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    """Node 2 first holds the room's state stripped (its user was only invited): once the
+    user joins, its client learns the whole state through incremental /sync alone."""
+    alice, bob = await new_user(n1, "mia"), await new_user(n2, "ned")
+    try:
+        await synced(alice)
+        await synced(bob)
+        room_id = await create(
+            alice, name="Hidden", topic="Only members", preset=RoomPreset.private_chat
+        )
+        await invite_and_join(alice, bob, room_id)
+
+        def whole(r: SyncResponse) -> bool:
+            room = bob.rooms.get(room_id)
+            return room is not None and room.name == "Hidden" and room.topic == "Only members"
+
+        if not whole(await synced(bob, since=bob.next_batch, timeout=0)):
+            await sync_until(bob, whole, "the room's name and topic")
+    finally:
+        await alice.close()
+        await bob.close()
