@@ -161,7 +161,10 @@ class _Connection:
         self.closed = False
         self.pending: dict[int, PendingRequest[bytes]] = {}  # insertion-ordered: failures in send order
         self.busy_until = [0.0, 0.0]  # per direction: when its last frame has left
-        self.queues: tuple[deque[_Frame], deque[_Frame]] = (deque(), deque())
+        # Per direction: frames sent, not yet delivered in order. None when
+        # empty: at scale most of the N^2 / 2 connections are idle, and two
+        # empty deques per connection would cost more than the rest of it.
+        self.queues: list[deque[_Frame] | None] = [None, None]
 
     def direction(self, src: str) -> int:
         return 0 if src == self.ends[0] else 1
@@ -405,7 +408,10 @@ class SimHub:
         self.count_sent(src, dst, size, method)
         frame = _Frame(src, dst, size, deliver, args)
         direction = conn.direction(src)
-        conn.queues[direction].append(frame)
+        queue = conn.queues[direction]
+        if queue is None:
+            queue = conn.queues[direction] = deque()
+        queue.append(frame)
         self._transmit(conn, direction, frame, 0)
 
     def _transmit(self, conn: _Connection, direction: int, frame: _Frame, attempt: int) -> None:
@@ -447,6 +453,8 @@ class SimHub:
             head = queue.popleft()
             self.count_received(head.dst, head.src, head.size)
             head.deliver(*head.args)
+        if queue is not None and not queue and conn.queues[direction] is queue:
+            conn.queues[direction] = None
 
     def _keepalive_check(self, key: frozenset[str]) -> None:
         if key in self._down:
