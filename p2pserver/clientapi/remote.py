@@ -2,11 +2,11 @@
 
 The client API serves one node's users from the local room engine. Some
 requests need other nodes: joining a room that no local user is in
-(make_join / send_join), inviting a user of another node (``/invite``,
-which the invitee's server co-signs), another node's profiles, aliases and
-room directory, and room history older than any the node holds (paging
-back with /messages). The federation layer implements :class:`Remote` and passes
-it to :func:`p2pserver.clientapi.serve_client_api`; without one, those
+(make_join / send_join), knocking on one (make_knock / send_knock),
+inviting a user of another node (``/invite``, which the invitee's server
+co-signs), another node's profiles, aliases and room directory, and room
+history older than any the node holds (paging back with /messages). The
+federation layer implements :class:`Remote` and passes it to :func:`p2pserver.clientapi.serve_client_api`; without one, those
 requests fail with the errcode the spec gives for an unreachable server
 (M_NOT_FOUND for lookups, M_UNABLE_TO_GRANT_JOIN / M_FORBIDDEN for joins
 and invites) and everything local keeps working.
@@ -35,6 +35,20 @@ class Remote(Protocol):
 
     async def invite(self, room_id: str, sender: str, target: str, reason: str | None) -> str:
         """Invite a user of another server (federation ``/invite``); the event ID."""
+        ...
+
+    async def knock(
+        self, room_id: str, user_id: str, via: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """Knock on a room only other servers hold (make_knock, then send_knock).
+
+        Returns the knock's event ID, the server it went through, and the
+        room's stripped state that server answered.
+        """
+        ...
+
+    async def leave(self, room_id: str, user_id: str, via: Sequence[str]) -> str:
+        """Leave (withdraw a knock on) a room only other servers hold, through one of ``via``."""
         ...
 
     async def query_alias(self, alias: str) -> tuple[str, list[str]]:

@@ -26,6 +26,12 @@ Rules beyond the engine's:
   back past the oldest event held asks other servers for older history
   first (:meth:`Remote.backfill`, at most :data:`BACKFILL_ROUNDS` times per
   request), so a room joined late shows what came before.
+- Knocks: on a room this node is in, a local event; on a room only other
+  servers are in, through one of them (``via`` / ``server_name``, an
+  alias's servers, else discovery) with make_knock/send_knock. The room's
+  stripped state it answers is kept with the knock
+  (:mod:`p2pserver.storage.knocks`) for /sync's ``knock`` section; leaving
+  the room withdraws such a knock through the same server.
 - Typing, receipts and read markers need the user to be joined.
 """
 
@@ -45,6 +51,8 @@ from p2pserver.clientapi.views import RoomViews
 from p2pserver.rooms.errors import AuthError
 from p2pserver.rooms.validation import is_valid_user_id
 from p2pserver.storage.accounts import AliasInUse
+from p2pserver.storage.invites import InviteStates
+from p2pserver.storage.knocks import RemoteKnock, RemoteKnocks
 
 if TYPE_CHECKING:
     from p2pserver.clientapi.server import ClientAPI
@@ -217,14 +225,33 @@ async def join_room(ctx: Ctx) -> dict[str, Any]:
 
 
 async def knock(ctx: Ctx) -> dict[str, Any]:
+    api = ctx.api
     target = ctx.params["roomIdOrAlias"]
-    room_id = (await _resolve_alias(ctx.api, target))[0] if target.startswith("#") else target
+    via = ctx.request.query.get("via", []) + ctx.request.query.get("server_name", [])
+    if target.startswith("#"):
+        room_id, servers = await _resolve_alias(api, target)
+        via = via or servers
+    elif target.startswith("!"):
+        room_id = target
+    else:
+        raise ApiError.of("M_INVALID_PARAM", f"{target!r} is neither a room ID nor an alias")
     body = ctx.json(optional=True)
-    content: dict[str, Any] = {"membership": "knock", **_profile(ctx.api, ctx.user_id)}
+    content: dict[str, Any] = {"membership": "knock", **_profile(api, ctx.user_id)}
     reason = _reason(body)
     if reason is not None:
         content["reason"] = reason
-    await ctx.api.engine.send_state(room_id, ctx.user_id, "m.room.member", ctx.user_id, content)
+    if api.server_name in api.store.joined_servers(room_id) or api.remote is None:
+        await api.engine.send_state(room_id, ctx.user_id, "m.room.member", ctx.user_id, content)
+        return {"room_id": room_id}
+    # Only other servers are in the room: knock through one of them.
+    servers = via or ([room_id.partition(":")[2]] if ":" in room_id else [])
+    event_id, server, state = await api.remote.knock(room_id, ctx.user_id, servers, content)
+    own = {"type": "m.room.member", "state_key": ctx.user_id, "content": content}
+    with api.store.transaction():
+        InviteStates(api.store.db).put(event_id, room_id, [*state, {**own, "sender": ctx.user_id}])
+        stream = api.accounts.next_stream()
+        RemoteKnocks(api.store.db).put(ctx.user_id, RemoteKnock(room_id, event_id, server, stream))
+    api.poke()
     return {"room_id": room_id}
 
 
@@ -242,8 +269,23 @@ async def invite(ctx: Ctx) -> dict[str, Any]:
 
 
 async def leave(ctx: Ctx) -> dict[str, Any]:
+    api = ctx.api
+    room_id = _room_id(ctx)
     body = ctx.json(optional=True)
-    await ctx.api.engine.leave(_room_id(ctx), ctx.user_id, _reason(body))
+    knocks = RemoteKnocks(api.store.db)
+    knocked = knocks.get(ctx.user_id, room_id)
+    if (
+        knocked is not None
+        and api.remote is not None
+        and not api.store.forward_extremities(room_id)
+    ):
+        # A knock on a room only other servers hold: withdrawn through the one it went to.
+        await api.remote.leave(room_id, ctx.user_id, [knocked.via])
+        with api.store.transaction():
+            knocks.remove(ctx.user_id, room_id)
+        api.poke()
+        return {}
+    await api.engine.leave(room_id, ctx.user_id, _reason(body))
     return {}
 
 

@@ -67,6 +67,7 @@ from p2pserver.rooms.events import Event
 from p2pserver.rooms.power_levels import get_user_power_level
 from p2pserver.storage.accounts import Membership
 from p2pserver.storage.invites import InviteStates
+from p2pserver.storage.knocks import RemoteKnocks
 
 if TYPE_CHECKING:
     from p2pserver.clientapi.server import ClientAPI
@@ -208,7 +209,8 @@ class SyncGatherer:
         forgotten = api.accounts.forgotten_rooms(self.user_id)
         rooms: list[RoomSync] = []
         shared_users: set[str] = {self.user_id}
-        for member in api.reads.memberships(self.user_id):
+        memberships = api.reads.memberships(self.user_id)
+        for member in memberships:
             if member.room_id in forgotten or not self.filter.room.allows_room(member.room_id):
                 continue
             new = member.stream_ordering is not None and member.stream_ordering > since_token.events
@@ -241,6 +243,16 @@ class SyncGatherer:
             ):
                 since_or_none = None if initial else since_token
                 rooms.append(self._left(member, since=since_or_none, full_state=full_state))
+        # Knocks on rooms we hold no DAG of (until the room's own membership is here).
+        held = {m.room_id for m in memberships}
+        for knock in RemoteKnocks(self.store.db).of_user(self.user_id):
+            if knock.room_id in held or knock.room_id in forgotten:
+                continue
+            if self.filter.room.allows_room(knock.room_id) and (
+                initial or knock.stream > since_token.account
+            ):
+                member = Membership(knock.room_id, "knock", knock.event_id, None)
+                rooms.append(self._stripped(member))
         presence: dict[str, dict[str, Any]] = {}
         for user_id, record in api.presence.changed_since(
             0 if initial else ephemeral_since
@@ -390,13 +402,15 @@ class SyncGatherer:
             # what the inviting server sent with the invite, and the invite.
             remote = InviteStates(self.store.db).get(member.event_id)
             if remote is not None:
-                invite = self.store.load_events([member.event_id])
+                # Our membership event itself when we hold it (an invite; a
+                # knock on a room we hold no DAG of is in the list already).
+                own = self.store.load_events([member.event_id])
                 shown: list[Event | Mapping[str, Any]] = [
                     e
                     for e in remote
-                    if (e["type"], e["state_key"]) != ("m.room.member", self.user_id)
+                    if not own or (e["type"], e["state_key"]) != ("m.room.member", self.user_id)
                 ]
-                shown.extend(invite.values())
+                shown.extend(own.values())
                 return RoomSync(
                     room_id=member.room_id, membership=member.membership, stripped=shown
                 )

@@ -21,6 +21,7 @@ from typing import Any
 
 from p2pserver.engine.peers import PeerError, StateIds
 from p2pserver.federation import protocol as p
+from p2pserver.rooms.errors import MatrixError
 from p2pserver.transport.framing import FrameError
 from p2pserver.transport.network import (
     Network,
@@ -217,6 +218,31 @@ class FederationClient:
             p.SEND_LEAVE,
             {"room_id": room_id, "event_id": event_id, "event": dict(pdu)},
         )
+
+    async def make_knock(
+        self, destination: str, room_id: str, user_id: str, versions: Sequence[str]
+    ) -> tuple[dict[str, Any], str]:
+        """GET /make_knock: (the knock event template, the room version)."""
+        answer = await self.request(
+            destination,
+            p.MAKE_KNOCK,
+            {"room_id": room_id, "user_id": user_id, "ver": list(versions)},
+        )
+        return _template(answer, p.MAKE_KNOCK)
+
+    async def send_knock(
+        self, destination: str, room_id: str, event_id: str, pdu: Mapping[str, Any]
+    ) -> list[dict[str, Any]]:
+        """PUT /send_knock: the room's stripped state (``knock_room_state``), shape-checked."""
+        answer = await self.request(
+            destination,
+            p.SEND_KNOCK,
+            {"room_id": room_id, "event_id": event_id, "event": dict(pdu)},
+        )
+        try:
+            return p.Params(answer).stripped_state("knock_room_state")
+        except MatrixError as exc:
+            raise _malformed(p.SEND_KNOCK, exc.message) from None
 
     async def invite(
         self,

@@ -318,6 +318,54 @@ class Federation:
             self.sender.relay(stored, received_from=None)
         return event.event_id
 
+    async def knock(
+        self,
+        room_id: str,
+        user_id: str,
+        *,
+        via: Sequence[str],
+        content: Mapping[str, Any] | None = None,
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        """Knock on a room whose DAG we do not hold, through one of ``via``.
+
+        ``make_knock`` / ``send_knock``; returns the knock's event ID, the
+        server that took it, and the room's stripped state it answered
+        (``knock_room_state``). The room's DAG is not fetched: a knocking
+        server may not see it; an invite, if the room lets the user in,
+        brings it.
+        """
+        servers = [s for s in dict.fromkeys(via) if s != self.server_name]
+        if not servers:
+            raise NotFound(f"room {room_id} is not known here; name a server in it to knock")
+        errors: list[Exception] = []
+        for server in servers:
+            try:
+                template, version_id = await self.client.make_knock(
+                    server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
+                )
+                version = get_room_version(version_id)
+                check_template(template, room_id=room_id, user_id=user_id, membership="knock")
+                event = fill_template(
+                    template,
+                    version,
+                    self.engine.signing_key,
+                    server_name=self.server_name,
+                    content=content,
+                )
+                state = await self.client.send_knock(
+                    server, room_id, event.event_id, event.get_pdu_json()
+                )
+                logger.info("%s knocked on %s through %s", user_id, room_id, server[:8])
+                return event.event_id, server, state
+            except (FederationError, MatrixError) as exc:
+                logger.info("knocking on %s through %s failed: %s", room_id, server[:8], exc)
+                errors.append(exc)
+        last = errors[-1]
+        raise MatrixError(
+            f"could not knock on {room_id} through {len(servers)} server(s): {last}",
+            errcode=getattr(last, "errcode", None) or "M_UNKNOWN",
+        )
+
     async def leave(self, room_id: str, user_id: str, *, via: Sequence[str] = ()) -> str:
         """Leave a room (or reject an invite): locally if we hold the DAG, else by handshake."""
         if has_dag(self.store, room_id):

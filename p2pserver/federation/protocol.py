@@ -38,6 +38,8 @@ make_join             GET  /_matrix/federation/v1/make_join/{roomId}/{userId}
 send_join             PUT  /_matrix/federation/v2/send_join/{roomId}/{eventId}
 make_leave            GET  /_matrix/federation/v1/make_leave/{roomId}/{userId}
 send_leave            PUT  /_matrix/federation/v2/send_leave/{roomId}/{eventId}
+make_knock            GET  /_matrix/federation/v1/make_knock/{roomId}/{userId}
+send_knock            PUT  /_matrix/federation/v1/send_knock/{roomId}/{eventId}
 invite                PUT  /_matrix/federation/v2/invite/{roomId}/{eventId}
 query_profile         GET  /_matrix/federation/v1/query/profile
 user_devices          GET  /_matrix/federation/v1/user/devices/{userId}
@@ -75,6 +77,8 @@ MAKE_JOIN = "make_join"
 SEND_JOIN = "send_join"
 MAKE_LEAVE = "make_leave"
 SEND_LEAVE = "send_leave"
+MAKE_KNOCK = "make_knock"
+SEND_KNOCK = "send_knock"
 INVITE = "invite"
 QUERY_PROFILE = "query_profile"
 USER_DEVICES = "user_devices"
@@ -94,7 +98,7 @@ MAX_EVENT_IDS = 100
 MAX_HEADS_ROOMS = 1000
 MAX_HEADS_PER_ROOM = 20
 MAX_TXN_ID_LENGTH = 128
-# ``invite_room_state``: events, and JSON bytes of them all.
+# ``invite_room_state`` / ``knock_room_state``: events, and JSON bytes of them all.
 MAX_STRIPPED_EVENTS = 50
 MAX_STRIPPED_BYTES = 65536
 
@@ -107,6 +111,7 @@ TIMEOUTS: dict[str, float] = {
     SEND_TRANSACTION: 60.0,
     SEND_JOIN: 60.0,
     SEND_LEAVE: 60.0,
+    SEND_KNOCK: 60.0,
     INVITE: 30.0,
     ROOM_HEADS: 15.0,
 }

@@ -5,7 +5,7 @@
 servers, invites of their users and their profiles go over federation.
 Failures reach the client as :class:`MatrixError` with the remote
 server's errcode when it sent one, else the errcode the spec gives for a
-server that cannot be reached (M_NOT_FOUND for lookups,
+server that cannot be reached (M_NOT_FOUND for lookups and knocks,
 M_UNABLE_TO_GRANT_JOIN for joins). Another server's room alias is resolved
 by asking that server (the part after ':'), federation ``query_directory``.
 Older history a client pages back to is backfilled from the room's servers
@@ -41,6 +41,20 @@ class FederationRemote:
 
     async def invite(self, room_id: str, sender: str, target: str, reason: str | None) -> str:
         return await self.federation.invite(room_id, sender, target, reason=reason)
+
+    async def knock(
+        self, room_id: str, user_id: str, via: Sequence[str], content: Mapping[str, Any]
+    ) -> tuple[str, str, list[dict[str, Any]]]:
+        try:
+            return await self.federation.knock(room_id, user_id, via=via, content=content)
+        except PeerError as exc:
+            raise _as_matrix_error(exc, "M_NOT_FOUND") from None
+
+    async def leave(self, room_id: str, user_id: str, via: Sequence[str]) -> str:
+        try:
+            return await self.federation.leave(room_id, user_id, via=via)
+        except PeerError as exc:
+            raise _as_matrix_error(exc, "M_NOT_FOUND") from None
 
     async def query_alias(self, alias: str) -> tuple[str, list[str]]:
         server = alias.partition(":")[2]

@@ -53,7 +53,7 @@ from p2pserver.engine.engine import Forbidden, NotFound, RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
 from p2pserver.federation import protocol as p
 from p2pserver.federation.knowledge import PeerKnowledge
-from p2pserver.federation.membership import check_membership_event
+from p2pserver.federation.membership import check_membership_event, stripped_state
 from p2pserver.federation.queries import DefaultQueries, EduHandler, QueryHandler
 from p2pserver.federation.sender import FederationSender
 from p2pserver.federation.sync import RoomSync
@@ -115,6 +115,8 @@ class FederationServer:
             p.SEND_JOIN: self.on_send_join,
             p.MAKE_LEAVE: self.on_make_leave,
             p.SEND_LEAVE: self.on_send_leave,
+            p.MAKE_KNOCK: self.on_make_knock,
+            p.SEND_KNOCK: self.on_send_knock,
             p.INVITE: self.on_invite,
             p.QUERY_PROFILE: self.on_query_profile,
             p.USER_DEVICES: self.on_user_devices,
@@ -353,6 +355,14 @@ class FederationServer:
         template, version = self._template(room_id, user_id, "leave", None)
         return {"event": template, "room_version": version.identifier}
 
+    async def on_make_knock(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        params = p.Params(body)
+        room_id, user_id = params.room_id(), params.user_id()
+        self._local_user_of(origin, user_id)
+        versions = params.texts("ver", required=False) or ["1"]
+        template, version = self._template(room_id, user_id, "knock", versions)
+        return {"event": template, "room_version": version.identifier}
+
     def _template(
         self, room_id: str, user_id: str, membership: str, versions: list[str] | None
     ) -> tuple[dict[str, Any], RoomVersion]:
@@ -410,6 +420,16 @@ class FederationServer:
         if self._first_accepted(event.event_id):
             self.sender.relay(event, received_from=origin, for_origin=True)
         return {}
+
+    async def on_send_knock(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        event, pdu = self._handshake_event(origin, body, "knock")
+        result = await self.engine.receive_pdu(origin, pdu)
+        if not result.accepted:
+            raise Forbidden(f"knock refused: {result.reason}")
+        if self._first_accepted(event.event_id):
+            self.sender.relay(event, received_from=origin, for_origin=True)
+        # What the knocker's client shows of the room (spec: "Stripped state").
+        return {"knock_room_state": stripped_state(self.store, event.room_id)}
 
     async def on_invite(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         params = p.Params(body)

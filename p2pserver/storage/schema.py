@@ -45,7 +45,9 @@ with how often filling each was tried; 6 keeps the inviting server's
 stripped state of each invite (:mod:`p2pserver.storage.invites`); 7 marks
 which gaps are filled by themselves (``auto``) and which are history that
 is fetched only when a client pages back to it (backward extremities); 8
-records events held whole after clients saw them stripped (client API).
+records events held whole after clients saw them stripped (client API); 9
+keeps our users' knocks on rooms whose DAG we do not hold
+(:mod:`p2pserver.storage.knocks`).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import apsw
 from p2pserver.storage.accounts import accounts_v1, accounts_v2
 from p2pserver.storage.e2ee import e2ee_v1
 from p2pserver.storage.invites import invites_v1
+from p2pserver.storage.knocks import knocks_v1
 
 Migration = Callable[[apsw.Connection], None]
 
@@ -201,4 +204,5 @@ MIGRATIONS: tuple[Migration, ...] = (
     invites_v1,
     _history_points,
     accounts_v2,
+    knocks_v1,
 )

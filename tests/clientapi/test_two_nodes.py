@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from nio import (
     AsyncClient,
@@ -31,6 +32,9 @@ from nio import (
     ProfileGetResponse,
     RegisterResponse,
     RoomCreateResponse,
+    RoomInviteResponse,
+    RoomKnockResponse,
+    RoomLeaveResponse,
     RoomMessagesResponse,
     RoomMessageText,
     RoomPreset,
@@ -458,6 +462,92 @@ async def test_an_invitee_sees_the_room_state_whole_once_joined(
 
         if not whole(await synced(bob, since=bob.next_batch, timeout=0)):
             await sync_until(bob, whole, "the room's name and topic")
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+def raw_sync(node: ClientNode, client: AsyncClient) -> dict[str, Any]:
+    """An initial /sync as JSON (nio does not parse the knock section)."""
+    response = httpx.get(
+        f"{node.url}/_matrix/client/v3/sync",
+        params={"timeout": "0"},
+        headers={"Authorization": f"Bearer {client.access_token}"},
+        timeout=WAIT,
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+@run
+async def test_knocking_on_a_room_only_the_other_node_holds(n1: ClientNode, n2: ClientNode) -> None:
+    """make_knock/send_knock: the knock shows in both nodes' views; an invite lets bob in."""
+    alice, bob = await new_user(n1, "olga"), await new_user(n2, "pete")
+    try:
+        room_id = await create(alice, name="Knock knock", preset=RoomPreset.private_chat)
+        await alice.room_enable_knocking(room_id)
+        await synced(alice)
+        knocked = await bob.room_knock(room_id, reason="let me in")
+        assert isinstance(knocked, RoomKnockResponse), knocked
+        # Bob's node holds no DAG of the room: the knock section shows the
+        # stripped state the resident answered, and bob's own knock.
+        knock = raw_sync(n2, bob)["rooms"]["knock"][room_id]["knock_state"]["events"]
+        shown = {(e["type"], e["state_key"]): e["content"] for e in knock}
+        assert shown[("m.room.name", "")] == {"name": "Knock knock"}
+        assert shown[("m.room.join_rules", "")]["join_rule"] == "knock"
+        assert shown[("m.room.member", bob.user_id)]["membership"] == "knock"
+        # Alice's node holds the knock as bob's membership in the room.
+        member = await alice.room_get_state_event(room_id, "m.room.member", bob.user_id)
+        assert member.content["membership"] == "knock", member
+        assert member.content["reason"] == "let me in"
+        # Alice lets him in.
+        invited = await alice.room_invite(room_id, bob.user_id)
+        assert isinstance(invited, RoomInviteResponse), invited
+        await sync_until(bob, lambda r: room_id in r.rooms.invite, "the invite")
+        joined = await bob.join(room_id)
+        assert isinstance(joined, JoinResponse), joined
+        await sync_until(bob, lambda r: room_id in r.rooms.join, "own join")
+        rooms = raw_sync(n2, bob)["rooms"]
+        assert room_id in rooms["join"] and room_id not in rooms.get("knock", {})
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@run
+async def test_a_knock_the_room_does_not_allow_is_refused_and_leaves_nothing(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    alice, bob = await new_user(n1, "quin"), await new_user(n2, "rosa")
+    try:
+        room_id = await create(alice, name="Closed", preset=RoomPreset.private_chat)
+        await synced(alice)
+        refused = await bob.room_knock(room_id)
+        assert not isinstance(refused, RoomKnockResponse)
+        assert refused.status_code == "M_FORBIDDEN", refused
+        assert room_id not in raw_sync(n2, bob).get("rooms", {}).get("knock", {})
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@run
+async def test_a_knock_on_a_room_only_the_other_node_holds_can_be_withdrawn(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    alice, bob = await new_user(n1, "sam"), await new_user(n2, "tess")
+    try:
+        room_id = await create(alice, name="Porch", preset=RoomPreset.private_chat)
+        await alice.room_enable_knocking(room_id)
+        knocked = await bob.room_knock(room_id)
+        assert isinstance(knocked, RoomKnockResponse), knocked
+        assert room_id in raw_sync(n2, bob)["rooms"]["knock"]
+        left = await bob.room_leave(room_id)
+        assert isinstance(left, RoomLeaveResponse), left
+        assert room_id not in raw_sync(n2, bob).get("rooms", {}).get("knock", {})
+        member = await alice.room_get_state_event(room_id, "m.room.member", bob.user_id)
+        assert member.content["membership"] == "leave", member
     finally:
         await alice.close()
         await bob.close()
