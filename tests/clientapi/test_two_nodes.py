@@ -2,8 +2,9 @@
 
 The nodes meet only through ``--bootstrap`` (no mDNS, loopback only). Each
 user registers on their own node; everything they see of the other user
-went between the nodes over federation: invites, joins, messages, state,
-profiles, typing and receipts (EDUs), leaves.
+went between the nodes over federation: invites, joins, knocks, messages,
+state, profiles, typing and receipts (EDUs), leaves, and history from before
+a join (paging back).
 
 :class:`ClientNode` is also what ``benchmarks/client.py`` starts nodes with.
 """
