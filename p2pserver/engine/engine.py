@@ -45,15 +45,16 @@ Joining through a resident (:meth:`RoomEngine.accept_send_join`) takes the
 join: an event after a gap whose state we were given.
 
 Gaps. The prev events an accepted event lacked when we took the state at
-the gap from a peer are recorded: they are the room's backward extremities,
-where older history can be fetched. Those of a new event that arrived while
-a user of ours is joined are filled by themselves (events we missed);
-history from before we were in the room, and beyond what a fill fetched,
-is fetched only when a client pages back to it (``historic``: stored
-older than everything we hold, see :mod:`p2pserver.storage.store`).
-:meth:`RoomEngine.receive_history` fills them with events a peer sends:
-only events before a backward extremity are taken, checked with steps 1-5
-(step 6 is for new events), and they never become forward extremities.
+the gap from a peer are recorded. Those of a new event that arrived while
+a user of ours is joined are events we missed, filled by themselves (and
+forgotten after :data:`GAP_ATTEMPTS` tries). The others are history from
+before we were in the room (before our join, or before history already
+fetched): the room's backward extremities, fetched only when a client
+pages back to them (``historic``: stored older than everything we hold,
+see :mod:`p2pserver.storage.store`). :meth:`RoomEngine.receive_history`
+fills either with events a peer sends: only events before the points
+being filled are taken, checked with steps 1-5 (step 6 is for new
+events), and they never become forward extremities.
 
 Dropped events are not stored. Rejected events are stored as rejected so
 they are not fetched and checked again, and are never served or used as
@@ -514,15 +515,18 @@ class RoomEngine:
         """Fill gaps before accepted events of ours with ``pdus`` (fetched from ``origin``).
 
         A gap is the prev events an event accepted on state from a peer
-        lacked (:meth:`backward_extremities`). Only the ``pdus`` that are
-        such a prev event, or reached from one through prev events among
-        them, are taken, so a peer cannot pass anything else off as history;
-        the rest are dropped. They are checked oldest first with steps 1-5
+        lacked: events we missed while joined (:meth:`gaps`), or with
+        ``historic``, history from before we joined
+        (:meth:`backward_extremities`). Only the ``pdus`` that are such a
+        prev event, or reached from one through prev events among them, are
+        taken, so a peer cannot pass anything else off as history; the rest
+        are dropped. They are checked oldest first with steps 1-5
         like any PDU, but not step 6: they are no new events, the spec
         soft-fails "a new event" (Synapse does not check backfilled events
         either). They never become forward extremities (our accepted events
-        follow them); the prev events they point at stop being ones, and
-        those they lack become backward extremities.
+        follow them); the prev events they point at stop being ones. What
+        history lacks becomes the next backward extremities; what a fill
+        lacks is not recorded again (it went as far as the filler went).
 
         ``historic``: history a client pages back to (see the module
         docstring); the prev events the oldest ones lack are not asked for
@@ -536,7 +540,9 @@ class RoomEngine:
         if room_version is None:
             return [PduResult(None, None, f"unknown room {room_id}")]
         gaps = self.store.gaps(room_id)
-        extremities = self.store.backward_extremities(room_id)
+        # Only the events before the points being filled: history never
+        # stands for events we missed while joined, nor the other way.
+        wanted = self.store.backward_extremities(room_id) if historic else gaps
         parsed: dict[str, Event] = {}
         results: list[PduResult] = []
         for pdu in pdus:
@@ -547,7 +553,7 @@ class RoomEngine:
                 continue
             if event.room_id == room_id:
                 parsed[event.event_id] = event
-        history = _before(extremities, parsed)
+        history = _before(wanted, parsed)
         results += [
             PduResult(e, None, "not before a gap of ours") for e in parsed if e not in history
         ]
@@ -1038,7 +1044,7 @@ class RoomEngine:
         updates: list[RoomUpdate] = []
         if status == EventStatus.ACCEPTED:
             if before.gap:
-                self._record_gap(event, new=not before.backfill)
+                self._record_gap(event, before)
             delta = self._advance_room(event, meta, backfill=before.backfill)
             assert meta.stream_ordering is not None
             if before.history_position is None:  # older than what clients were shown: nothing new
@@ -1052,15 +1058,20 @@ class RoomEngine:
             store.outbound.enqueue_pdu(destinations, meta.nid)
         return meta, updates
 
-    def _record_gap(self, event: Event, *, new: bool) -> None:
+    def _record_gap(self, event: Event, before: _StateBefore) -> None:
         """Remember the prev events we lack of an event accepted after a gap.
 
-        They are filled by themselves only for a ``new`` event that came
-        while a user of ours is joined (events we missed): history from
-        before we were in the room, or older than a gap filled as far as
-        the filler went, is fetched when a client pages back to it.
+        For a new event that came while a user of ours is joined, they are
+        events we missed, filled by themselves; before that (our join, an
+        invite), and before history a client paged back to, they are
+        history from before we joined, fetched when a client pages back to
+        it. A gap being filled goes as far as the filler went: what its
+        events lack is not recorded again.
         """
-        auto = new and self.server_name in self.store.joined_servers(event.room_id)
+        historic = before.history_position is not None
+        if before.backfill and not historic:
+            return
+        auto = not historic and self.server_name in self.store.joined_servers(event.room_id)
         metas = self.store.event_metas(event.prev_event_ids)
         missing = [
             p

@@ -58,7 +58,9 @@ before we joined, or beyond a fill) is fetched only when a client pages
 back to it: the spec's ``/backfill`` from the room's backward extremities,
 asking servers of the room, connected ones first, until one gives events
 we accept (at most :data:`BACKFILL_SERVERS` of them, each under
-:data:`BACKFILL_TIMEOUT` seconds, so the client's request stays bounded).
+:data:`BACKFILL_TIMEOUT` seconds and all under :data:`BACKFILL_PATIENCE`,
+so the client's request stays bounded). One backfill or fill per room runs
+at a time.
 """
 
 from __future__ import annotations
@@ -102,9 +104,10 @@ RESTORE_PATIENCE = 600.0
 MAX_RESTORED = 1000
 RESTORE_PROBES = 3
 MAX_CONCURRENT_EXCHANGES = 8
-# backfill: how many servers to ask, and how long each may take.
+# backfill: how many servers to ask, how long each may take, and how long in all.
 BACKFILL_SERVERS = 3
 BACKFILL_TIMEOUT = 10.0
+BACKFILL_PATIENCE = 20.0
 
 
 def _rank(*parts: object) -> bytes:
@@ -344,38 +347,47 @@ class RoomSync:
         return accepted
 
     async def backfill(self, room_id: str, limit: int) -> int:
-        """Fetch up to ``limit`` events older than any we hold; return how many we accepted."""
-        extremities = self.engine.backward_extremities(room_id)
-        if not extremities:
-            return 0
+        """Fetch up to ``limit`` events older than any we hold; return how many we accepted.
+
+        Bounded by :data:`BACKFILL_PATIENCE` seconds in all (a client waits).
+        """
+        accepted = 0
+        with trio.move_on_after(BACKFILL_PATIENCE):
+            lock = self._room_locks.setdefault(room_id, trio.Lock())
+            async with lock:
+                # Read under the lock: a backfill that just ran moved them.
+                extremities = self.engine.backward_extremities(room_id)[: p.MAX_EVENT_IDS]
+                if extremities:
+                    try:
+                        accepted = await self._backfill_from_servers(room_id, extremities, limit)
+                    finally:
+                        with self.store.transaction():
+                            self.store.history_tried(room_id, extremities)
+        self.events_pulled += accepted
+        return accepted
+
+    async def _backfill_from_servers(self, room_id: str, extremities: list[str], limit: int) -> int:
         connected = self.network.connected_peers()
         servers = sorted(
             (s for s in room_servers(self.store, room_id) if s != self.server_name),
             key=lambda s: (s not in connected, _rank(room_id, s)),
         )
-        lock = self._room_locks.setdefault(room_id, trio.Lock())
-        async with lock:
-            for server in servers[:BACKFILL_SERVERS]:
-                pdus: list[Any] = []
-                with trio.move_on_after(BACKFILL_TIMEOUT):
-                    try:
-                        pdus = await self.client.backfill(server, room_id, extremities, limit)
-                    except FederationError as exc:
-                        logger.info("backfill of %s from %s failed: %s", room_id, server[:8], exc)
-                if not pdus:
-                    continue
-                results = await self.engine.receive_history(server, room_id, pdus, historic=True)
-                accepted = sum(r.accepted for r in results)
-                logger.info(
-                    "backfilled %d of %d events of %s from %s",
-                    accepted,
-                    len(pdus),
-                    room_id,
-                    server[:8],
-                )
-                if accepted:
-                    self.events_pulled += accepted
-                    return accepted
+        for server in servers[:BACKFILL_SERVERS]:
+            pdus: list[Any] = []
+            with trio.move_on_after(BACKFILL_TIMEOUT):
+                try:
+                    pdus = await self.client.backfill(server, room_id, extremities, limit)
+                except FederationError as exc:
+                    logger.info("backfill of %s from %s failed: %s", room_id, server[:8], exc)
+            if not pdus:
+                continue
+            results = await self.engine.receive_history(server, room_id, pdus, historic=True)
+            accepted = sum(r.accepted for r in results)
+            logger.info(
+                "backfilled %d of %d events of %s from %s", accepted, len(pdus), room_id, server[:8]
+            )
+            if accepted:
+                return accepted
         return 0
 
     async def restore_stripped(self, room_id: str) -> int:

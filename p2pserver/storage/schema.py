@@ -43,8 +43,9 @@ whole once we may see them; 5 adds ``event_gaps``: per room, the prev events
 we lack of events accepted on state taken from a peer (a gap in our DAG),
 with how often filling each was tried; 6 keeps the inviting server's
 stripped state of each invite (:mod:`p2pserver.storage.invites`); 7 marks
-which gaps are filled by themselves (``auto``) and which are history that
-is fetched only when a client pages back to it (backward extremities); 8
+which gaps are filled by themselves (``auto``: events missed while joined)
+and which are history from before our join, fetched only when a client
+pages back to it (backward extremities); 8
 records events held whole after clients saw them stripped (client API); 9
 keeps our users' knocks on rooms whose DAG we do not hold
 (:mod:`p2pserver.storage.knocks`).
@@ -191,8 +192,21 @@ def _gaps(conn: apsw.Connection) -> None:
 
 
 def _history_points(conn: apsw.Connection) -> None:
-    """Step 7: a gap is filled by itself (auto) or only when a client pages back to it."""
+    """Step 7: a gap is filled by itself (auto) or is history before our join.
+
+    Rooms joined before this step recorded no history points: every prev
+    event of our DAG that we lack (or hold only as an outlier) becomes one,
+    except those already recorded as gaps to fill.
+    """
     conn.execute("ALTER TABLE event_gaps ADD COLUMN auto INTEGER NOT NULL DEFAULT 1")
+    conn.execute(
+        """INSERT OR IGNORE INTO event_gaps (room_id, event_id, auto)
+           SELECT DISTINCT e.room_id, g.prev_event_id, 0
+           FROM event_edges g JOIN events e ON e.event_nid = g.event_nid
+           LEFT JOIN events p ON p.event_id = g.prev_event_id
+           WHERE e.status IN ('accepted', 'soft_failed')
+             AND (p.event_id IS NULL OR p.status = 'outlier')"""
+    )
 
 
 MIGRATIONS: tuple[Migration, ...] = (

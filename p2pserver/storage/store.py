@@ -22,11 +22,12 @@ Rules:
   server served it stripped) is replaced by the full copy once one arrives
   (:meth:`Store.replace_stripped`); nothing else about it changes.
 - Gaps (``event_gaps``): prev events the engine recorded as missing before
-  an accepted event; one stays until it is in the DAG. All of them are the
-  room's backward extremities (:meth:`Store.backward_extremities`: where
-  older history can be fetched from); those marked ``auto`` are also
-  filled by themselves (:meth:`Store.gaps`) until that was tried often
-  enough (:meth:`Store.gaps_tried`).
+  an accepted event; one stays until it is in the DAG. Those marked
+  ``auto`` (events missed while joined) are filled by themselves
+  (:meth:`Store.gaps`) until that was tried often enough
+  (:meth:`Store.gaps_tried`); the others are history from before we
+  joined, the room's backward extremities (:meth:`Store.backward_extremities`),
+  fetched when a client pages back to them.
 - Stream positions order events as they entered our DAG, for clients.
   History fetched for a client paging back is older than anything we
   hold, so it gets positions below all others (negative), as Synapse does:
@@ -630,8 +631,9 @@ class Store:
     def add_gaps(self, room_id: str, event_ids: Iterable[str], *, auto: bool = True) -> None:
         """Record prev events we lack of an accepted event (inside a transaction).
 
-        ``auto``: fill them by themselves; else only when a client pages back.
-        A gap recorded both ways is filled by itself.
+        ``auto``: events missed while joined, to fill by themselves; else
+        history from before we joined. One recorded both ways is filled by
+        itself.
         """
         self.db.executemany(
             """INSERT INTO event_gaps (room_id, event_id, auto) VALUES (?, ?, ?)
@@ -644,8 +646,20 @@ class Store:
         return self._missing_gaps(room_id, "AND g.auto = 1")
 
     def backward_extremities(self, room_id: str) -> list[str]:
-        """Every recorded gap of the room still missing from the DAG: where older history is."""
-        return self._missing_gaps(room_id, "")
+        """Where the room's history from before we joined goes on (still missing from the DAG).
+
+        Those asked for least often first (:meth:`history_tried`), so points
+        no server can fill do not crowd out the others.
+        """
+        return self._missing_gaps(room_id, "AND g.auto = 0")
+
+    def history_tried(self, room_id: str, event_ids: Iterable[str]) -> None:
+        """Backward extremities were asked for once more (inside a transaction)."""
+        self.db.executemany(
+            """UPDATE event_gaps SET attempts = attempts + 1
+               WHERE room_id = ? AND event_id = ? AND auto = 0""",
+            [(room_id, e) for e in event_ids],
+        )
 
     def _missing_gaps(self, room_id: str, condition: str) -> list[str]:
         return [
@@ -653,24 +667,20 @@ class Store:
             for r in self.db.query(
                 f"""SELECT g.event_id FROM event_gaps g LEFT JOIN events e USING (event_id)
                     WHERE g.room_id = ? AND (e.status IS NULL OR e.status = 'outlier') {condition}
-                    ORDER BY g.event_id""",
+                    ORDER BY g.attempts, g.event_id""",
                 (room_id,),
             )
         ]
 
     def gaps_tried(self, room_id: str, event_ids: Iterable[str], *, max_attempts: int) -> None:
-        """One more try at filling these gaps (inside a transaction).
-
-        Filled ones go; spent ones are no longer filled by themselves but
-        stay backward extremities (a client paging back may still fetch them).
-        """
+        """One more try at filling these gaps (inside a transaction): filled or spent ones go."""
         ids = list(event_ids)
         self.db.executemany(
             "UPDATE event_gaps SET attempts = attempts + 1 WHERE room_id = ? AND event_id = ?",
             [(room_id, e) for e in ids],
         )
         self.db.execute(
-            "UPDATE event_gaps SET auto = 0 WHERE room_id = ? AND attempts >= ?",
+            "DELETE FROM event_gaps WHERE room_id = ? AND auto = 1 AND attempts >= ?",
             (room_id, max_attempts),
         )
         self.gaps_filled(room_id)
