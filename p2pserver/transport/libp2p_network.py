@@ -41,8 +41,13 @@ every interface (libp2p must not listen on 0.0.0.0 for mDNS to advertise
 usable addresses) on one port, chosen once and remembered in
 ``<data_dir>/libp2p-port``. libp2p binds with SO_REUSEPORT, which would let
 a second process share a taken port (and half its connections), so the
-port is probed first; a remembered port that is taken is replaced. QUIC stays off (flaky reconnects with one
-connection per peer).
+port is probed first; a remembered port that is taken is replaced. An
+address that appears later (the device joins a network after start) is
+listened on too, within ``interface_interval`` seconds, on the same port:
+two devices switched on before their ad-hoc network came up still reach
+each other. (A listener on an address that went away stays; discovery
+advertises only addresses still on an interface.) QUIC stays off (flaky
+reconnects with one connection per peer).
 
 Lifecycle. ``async with net.running():`` starts the host and a nursery that
 owns every task this module starts; on exit, requests in flight fail with
@@ -134,6 +139,8 @@ class Libp2pConfig:
     strike_window: float = 600.0
     ban_duration: float = 300.0
     maintenance_interval: float = 30.0
+    # How often the machine's interfaces are checked for new addresses.
+    interface_interval: float = 5.0
     shutdown_timeout: float = 10.0
 
 
@@ -452,6 +459,8 @@ class Libp2pNetwork(Network):
                         try:
                             await self._listen(host)
                             nursery.start_soon(self._maintenance)
+                            if self._listen_ips is None:
+                                nursery.start_soon(self._follow_interfaces, host)
                             logger.info(
                                 "%s: listening on %s", self.server_name[:8], self._listen_addrs
                             )
@@ -507,6 +516,22 @@ class Libp2pNetwork(Network):
         actual = int(multiaddr.Multiaddr(self._listen_addrs[0]).value_for_protocol("tcp"))
         if remembered and self._data_dir is not None and actual != read_port_file(self._data_dir):
             write_port_file(self._data_dir, actual)
+
+    async def _follow_interfaces(self, host: IHost) -> None:
+        """Listen on interface addresses that appear after start (see the module docstring)."""
+        while True:
+            await trio.sleep(self.config.interface_interval)
+            listened = {
+                multiaddr.Multiaddr(a).value_for_protocol("ip4") for a in self._listen_addrs
+            }
+            new = [ip for ip in interface_ipv4_addresses() if ip not in listened]
+            if not new or not self._listen_addrs:
+                continue
+            port = int(multiaddr.Multiaddr(self._listen_addrs[0]).value_for_protocol("tcp"))
+            free = [ip for ip in new if port_is_free(ip, port)]
+            if free and await self._listen_on(host.get_network(), free, port):
+                self._listen_addrs = [str(a) for a in host.get_transport_addrs()]
+                logger.info("%s: now also listening on %s", self.server_name[:8], free)
 
     async def _listen_on(self, swarm: Any, ips: list[str], port: int) -> bool:
         """Listen on every IP with one port (the first IP picks it when ``port`` is 0)."""

@@ -353,3 +353,23 @@ def test_nodes_share_a_room_and_a_late_one_catches_up(lan: tuple[LanLab, Path]) 
         carol.sync_until(saw_message(room, "welcome carol"), "a message after her join")
         # What was said before C joined, paginated back from now.
         assert carol.history(room) == ["hello from alice", "hello from bob", "welcome carol"]
+
+
+def test_nodes_switched_on_before_their_network_came_up_find_each_other(
+    lan: tuple[LanLab, Path],
+) -> None:
+    """Both nodes start with only loopback; the LAN's addresses come later (a device
+    joining an ad-hoc network after boot): each listens on and advertises its new
+    address, and they connect."""
+    lab, root = lan
+    with ExitStack() as stop:
+        for i in (0, 1):
+            lab.remove_address(i, f"{lab.ips[i]}/24")
+        a, b = LanNode(lab, 0, root), LanNode(lab, 1, root)
+        stop.callback(a.stop)
+        stop.callback(b.stop)
+        a.wait_ready(), b.wait_ready()
+        for i in (0, 1):
+            lab.add_address(i, f"{lab.ips[i]}/24")
+        wait_connected(a, [b])
+        wait_connected(b, [a])
