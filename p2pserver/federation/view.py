@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from p2pserver.rooms.errors import MatrixError
-from p2pserver.rooms.events import Event, sender_server
+from p2pserver.rooms.events import Event
 from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
@@ -66,16 +66,7 @@ def room_servers(store: Store, room_id: str) -> set[str]:
 
 def server_in_room(store: Store, room_id: str, server: str) -> bool:
     """Whether ``server`` has a user joined or invited in the room's current state."""
-    if server in store.joined_servers(room_id):
-        return True
-    for (event_type, state_key), _ in store.current_state(room_id).items():
-        if (
-            event_type == "m.room.member"
-            and sender_server(state_key) == server
-            and store.current_membership(room_id, state_key) == "invite"
-        ):
-            return True
-    return False
+    return store.server_joined(room_id, server) or store.server_invited(room_id, server)
 
 
 def shared_rooms(store: Store, server: str, room_ids: Iterable[str] | None = None) -> list[str]:

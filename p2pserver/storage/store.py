@@ -831,6 +831,23 @@ class Store:
             )
         }
 
+    def server_joined(self, room_id: str, server_name: str) -> bool:
+        row = self.db.query_one(
+            "SELECT 1 FROM joined_servers WHERE room_id = ? AND server_name = ?",
+            (room_id, server_name),
+        )
+        return row is not None
+
+    def server_invited(self, room_id: str, server_name: str) -> bool:
+        """Whether a user of ``server_name`` is invited to the room (current state)."""
+        suffix = ":" + server_name
+        row = self.db.query_one(
+            """SELECT 1 FROM current_state WHERE room_id = ? AND type = ?
+               AND membership = 'invite' AND substr(state_key, -?) = ? LIMIT 1""",
+            (room_id, MEMBER, len(suffix), suffix),
+        )
+        return row is not None
+
     def current_membership(self, room_id: str, user_id: str) -> str | None:
         row = self.db.query_one(
             "SELECT membership FROM current_state WHERE room_id = ? AND type = ? AND state_key = ?",
