@@ -31,9 +31,9 @@ our join: :meth:`~p2pserver.engine.engine.RoomEngine.accept_send_join`);
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
@@ -58,11 +58,13 @@ from p2pserver.federation.sync import (
 )
 from p2pserver.federation.view import has_dag
 from p2pserver.rooms.errors import MatrixError
-from p2pserver.rooms.events import sender_server
-from p2pserver.rooms.room_versions import get_room_version
+from p2pserver.rooms.events import Event, sender_server
+from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage.store import Store
 from p2pserver.transport.network import Network, PeerEvent
+
+T = TypeVar("T")
 
 logger = logging.getLogger(__name__)
 
@@ -267,23 +269,11 @@ class Federation:
         """
         if has_dag(self.store, room_id):
             return await self.engine.join(room_id, user_id, content)
-        servers = [s for s in dict.fromkeys(via) if s != self.server_name]
-        if not servers:
-            raise NotFound(f"room {room_id} is not known here; name a server in it to join through")
-        errors = []
-        for server in servers:
-            try:
-                event_id = await self._remote_join(server, room_id, user_id, content)
-                logger.info("%s joined %s through %s", user_id, room_id, server[:8])
-                return event_id
-            except (FederationError, MatrixError) as exc:
-                logger.info("joining %s through %s failed: %s", room_id, server[:8], exc)
-                errors.append(exc)
-        last = errors[-1]
-        raise MatrixError(
-            f"could not join {room_id} through {len(servers)} server(s): {last}",
-            errcode=getattr(last, "errcode", None) or "M_UNKNOWN",
-        )
+
+        async def join_through(server: str) -> str:
+            return await self._remote_join(server, room_id, user_id, content)
+
+        return await self._through_servers("join", room_id, user_id, via, join_through)
 
     async def _remote_join(
         self, server: str, room_id: str, user_id: str, content: Mapping[str, Any] | None
@@ -291,13 +281,12 @@ class Federation:
         template, version_id = await self.client.make_join(
             server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
         )
-        version = get_room_version(version_id)
-        check_template(template, room_id=room_id, user_id=user_id, membership="join")
-        event = fill_template(
+        event, version = self._our_membership(
             template,
-            version,
-            self.engine.signing_key,
-            server_name=self.server_name,
+            version_id,
+            room_id=room_id,
+            user_id=user_id,
+            membership="join",
             content=content,
         )
         answer = await self.client.send_join(server, room_id, event.event_id, event.get_pdu_json())
@@ -334,56 +323,91 @@ class Federation:
         server may not see it; an invite, if the room lets the user in,
         brings it.
         """
+
+        async def knock_through(server: str) -> tuple[str, str, list[dict[str, Any]]]:
+            template, version_id = await self.client.make_knock(
+                server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
+            )
+            event, _ = self._our_membership(
+                template,
+                version_id,
+                room_id=room_id,
+                user_id=user_id,
+                membership="knock",
+                content=content,
+            )
+            state = await self.client.send_knock(
+                server, room_id, event.event_id, event.get_pdu_json()
+            )
+            return event.event_id, server, state
+
+        return await self._through_servers("knock", room_id, user_id, via, knock_through)
+
+    async def leave(self, room_id: str, user_id: str, *, via: Sequence[str] = ()) -> str:
+        """Leave a room (or reject an invite, withdraw a knock): locally if we hold
+        the DAG, else by handshake (``make_leave``/``send_leave``) through ``via``."""
+        if has_dag(self.store, room_id):
+            return await self.engine.leave(room_id, user_id)
+
+        async def leave_through(server: str) -> str:
+            template, version_id = await self.client.make_leave(server, room_id, user_id)
+            event, _ = self._our_membership(
+                template, version_id, room_id=room_id, user_id=user_id, membership="leave"
+            )
+            await self.client.send_leave(server, room_id, event.event_id, event.get_pdu_json())
+            return event.event_id
+
+        return await self._through_servers("leave", room_id, user_id, via, leave_through)
+
+    def _our_membership(
+        self,
+        template: Mapping[str, Any],
+        version_id: str,
+        *,
+        room_id: str,
+        user_id: str,
+        membership: str,
+        content: Mapping[str, Any] | None = None,
+    ) -> tuple[Event, RoomVersion]:
+        """Our membership event from a resident's template: checked to be the one we
+        asked for, filled in and signed."""
+        version = get_room_version(version_id)
+        check_template(template, room_id=room_id, user_id=user_id, membership=membership)
+        event = fill_template(
+            template,
+            version,
+            self.engine.signing_key,
+            server_name=self.server_name,
+            content=content,
+        )
+        return event, version
+
+    async def _through_servers(
+        self,
+        what: str,
+        room_id: str,
+        user_id: str,
+        via: Sequence[str],
+        attempt: Callable[[str], Awaitable[T]],
+    ) -> T:
+        """``attempt`` a membership handshake through each of ``via`` in turn, until one works.
+
+        The last server's error is raised (its errcode kept) when none does.
+        """
         servers = [s for s in dict.fromkeys(via) if s != self.server_name]
         if not servers:
-            raise NotFound(f"room {room_id} is not known here; name a server in it to knock")
+            raise NotFound(f"room {room_id} is not known here; name a server in it ({what})")
         errors: list[Exception] = []
         for server in servers:
             try:
-                template, version_id = await self.client.make_knock(
-                    server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
-                )
-                version = get_room_version(version_id)
-                check_template(template, room_id=room_id, user_id=user_id, membership="knock")
-                event = fill_template(
-                    template,
-                    version,
-                    self.engine.signing_key,
-                    server_name=self.server_name,
-                    content=content,
-                )
-                state = await self.client.send_knock(
-                    server, room_id, event.event_id, event.get_pdu_json()
-                )
-                logger.info("%s knocked on %s through %s", user_id, room_id, server[:8])
-                return event.event_id, server, state
+                result = await attempt(server)
+                logger.info("%s: %s of %s through %s", user_id, what, room_id, server[:8])
+                return result
             except (FederationError, MatrixError) as exc:
-                logger.info("knocking on %s through %s failed: %s", room_id, server[:8], exc)
+                logger.info("%s of %s through %s failed: %s", what, room_id, server[:8], exc)
                 errors.append(exc)
         last = errors[-1]
         raise MatrixError(
-            f"could not knock on {room_id} through {len(servers)} server(s): {last}",
+            f"could not {what} {room_id} through {len(servers)} server(s): {last}",
             errcode=getattr(last, "errcode", None) or "M_UNKNOWN",
         )
-
-    async def leave(self, room_id: str, user_id: str, *, via: Sequence[str] = ()) -> str:
-        """Leave a room (or reject an invite): locally if we hold the DAG, else by handshake."""
-        if has_dag(self.store, room_id):
-            return await self.engine.leave(room_id, user_id)
-        servers = [s for s in dict.fromkeys(via) if s != self.server_name]
-        if not servers:
-            raise NotFound(f"room {room_id} is not known here; name a server in it")
-        errors = []
-        for server in servers:
-            try:
-                template, version_id = await self.client.make_leave(server, room_id, user_id)
-                version = get_room_version(version_id)
-                check_template(template, room_id=room_id, user_id=user_id, membership="leave")
-                event = fill_template(
-                    template, version, self.engine.signing_key, server_name=self.server_name
-                )
-                await self.client.send_leave(server, room_id, event.event_id, event.get_pdu_json())
-                return event.event_id
-            except (FederationError, MatrixError) as exc:
-                errors.append(exc)
-        raise MatrixError(f"could not leave {room_id}: {errors[-1]}")
