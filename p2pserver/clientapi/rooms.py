@@ -48,13 +48,14 @@ from p2pserver.clientapi.routing import Ctx, Router
 from p2pserver.clientapi.streams import HISTORY_START, STREAM_END, StreamToken
 from p2pserver.clientapi.sync import SyncEvent
 from p2pserver.clientapi.views import RoomViews
-from p2pserver.rooms.errors import AuthError
+from p2pserver.rooms.errors import AuthError, MatrixError
 from p2pserver.rooms.validation import is_valid_user_id
 from p2pserver.storage.accounts import AliasInUse
 from p2pserver.storage.invites import InviteStates
-from p2pserver.storage.knocks import RemoteKnock, RemoteKnocks
+from p2pserver.storage.knocks import RemoteKnock, RemoteKnocks, standing_knocks
 
 if TYPE_CHECKING:
+    from p2pserver.clientapi.remote import Remote
     from p2pserver.clientapi.server import ClientAPI
 
 MAX_TYPING_TIMEOUT_MS = 120_000
@@ -249,8 +250,9 @@ async def knock(ctx: Ctx) -> dict[str, Any]:
     own = {"type": "m.room.member", "state_key": ctx.user_id, "content": content}
     with api.store.transaction():
         InviteStates(api.store.db).put(event_id, room_id, [*state, {**own, "sender": ctx.user_id}])
-        stream = api.accounts.next_stream()
-        RemoteKnocks(api.store.db).put(ctx.user_id, RemoteKnock(room_id, event_id, server, stream))
+        knock = RemoteKnock(room_id, event_id, "knock", server, api.accounts.next_stream())
+        RemoteKnocks(api.store.db).put(ctx.user_id, knock)
+    api.accounts.set_forgotten(ctx.user_id, room_id, False)
     api.poke()
     return {"room_id": room_id}
 
@@ -272,25 +274,46 @@ async def leave(ctx: Ctx) -> dict[str, Any]:
     api = ctx.api
     room_id = _room_id(ctx)
     body = ctx.json(optional=True)
-    knocks = RemoteKnocks(api.store.db)
-    knocked = knocks.get(ctx.user_id, room_id)
-    if (
-        knocked is not None
-        and api.remote is not None
-        and not api.store.forward_extremities(room_id)
-    ):
-        # A knock on a room only other servers hold: withdrawn through the one it went to.
-        await api.remote.leave(room_id, ctx.user_id, [knocked.via])
-        with api.store.transaction():
-            knocks.remove(ctx.user_id, room_id)
-        api.poke()
+    knocked = standing_knocks(api.store, ctx.user_id).get(room_id)
+    if knocked is not None and knocked.membership == "knock" and api.remote is not None:
+        await _withdraw_knock(api, api.remote, ctx.user_id, knocked)
         return {}
     await api.engine.leave(room_id, ctx.user_id, _reason(body))
     return {}
 
 
+async def _withdraw_knock(
+    api: ClientAPI, remote: Remote, user_id: str, knocked: RemoteKnock
+) -> None:
+    """Withdraw a knock made through another server, through that server.
+
+    M_FORBIDDEN or M_NOT_FOUND from it means the knock is over already (the
+    room refused it, or let the user in or out since): the user is out
+    either way. Anything else (unreachable) is the client's to retry.
+    """
+    room_id = knocked.room_id
+    event_id = knocked.event_id
+    try:
+        event_id = await remote.leave(room_id, user_id, [knocked.via])
+    except MatrixError as exc:
+        if exc.errcode not in ("M_FORBIDDEN", "M_NOT_FOUND"):
+            raise
+    with api.store.transaction():
+        left = RemoteKnock(room_id, event_id, "leave", knocked.via, api.accounts.next_stream())
+        RemoteKnocks(api.store.db).put(user_id, left)
+    api.poke()
+
+
 async def forget(ctx: Ctx) -> dict[str, Any]:
     room_id = _room_id(ctx)
+    knocked = standing_knocks(ctx.api.store, ctx.user_id).get(room_id)
+    if knocked is not None:
+        if knocked.membership == "knock":
+            raise ApiError.of("M_UNKNOWN", "withdraw the knock before forgetting the room")
+        with ctx.api.store.transaction():
+            RemoteKnocks(ctx.api.store.db).remove(ctx.user_id, room_id)
+        ctx.api.accounts.set_forgotten(ctx.user_id, room_id, True)
+        return {}
     membership = ctx.api.store.current_membership(room_id, ctx.user_id)
     if membership is None:
         raise ApiError.of("M_NOT_FOUND", "you were never in this room")

@@ -67,7 +67,7 @@ from p2pserver.rooms.events import Event
 from p2pserver.rooms.power_levels import get_user_power_level
 from p2pserver.storage.accounts import Membership
 from p2pserver.storage.invites import InviteStates
-from p2pserver.storage.knocks import RemoteKnocks
+from p2pserver.storage.knocks import standing_knocks
 
 if TYPE_CHECKING:
     from p2pserver.clientapi.server import ClientAPI
@@ -210,8 +210,13 @@ class SyncGatherer:
         rooms: list[RoomSync] = []
         shared_users: set[str] = {self.user_id}
         memberships = api.reads.memberships(self.user_id)
+        # Knocks (and their ends) through other servers stand for the user's
+        # membership until the room's own events here catch up with them.
+        remote = standing_knocks(self.store, self.user_id)
         for member in memberships:
             if member.room_id in forgotten or not self.filter.room.allows_room(member.room_id):
+                continue
+            if member.room_id in remote:
                 continue
             new = member.stream_ordering is not None and member.stream_ordering > since_token.events
             if member.membership == "join":
@@ -243,16 +248,17 @@ class SyncGatherer:
             ):
                 since_or_none = None if initial else since_token
                 rooms.append(self._left(member, since=since_or_none, full_state=full_state))
-        # Knocks on rooms we hold no DAG of (until the room's own membership is here).
-        held = {m.room_id for m in memberships}
-        for knock in RemoteKnocks(self.store.db).of_user(self.user_id):
-            if knock.room_id in held or knock.room_id in forgotten:
+        for knock in remote.values():
+            if knock.room_id in forgotten or not self.filter.room.allows_room(knock.room_id):
                 continue
-            if self.filter.room.allows_room(knock.room_id) and (
-                initial or knock.stream > since_token.account
-            ):
+            new = knock.stream > since_token.account
+            if knock.membership == "knock" and (initial or new):
                 member = Membership(knock.room_id, "knock", knock.event_id, None)
                 rooms.append(self._stripped(member))
+            elif knock.membership == "leave" and (
+                (new and not initial) or (initial and self.filter.room.include_leave)
+            ):
+                rooms.append(RoomSync(room_id=knock.room_id, membership="leave"))
         presence: dict[str, dict[str, Any]] = {}
         for user_id, record in api.presence.changed_since(
             0 if initial else ephemeral_since

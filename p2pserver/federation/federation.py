@@ -179,6 +179,9 @@ class Federation:
 
     def _on_room_update(self, update: RoomUpdate) -> None:
         event = update.event
+        if event is not None and not update.local and event.origin != self.server_name:
+            # However it reached us: servers that left since cannot pull it.
+            self.sender.relay_to_departed(event)
         if (
             event is not None
             and event.type == "m.room.member"
@@ -344,9 +347,15 @@ class Federation:
         return await self._through_servers("knock", room_id, user_id, via, knock_through)
 
     async def leave(self, room_id: str, user_id: str, *, via: Sequence[str] = ()) -> str:
-        """Leave a room (or reject an invite, withdraw a knock): locally if we hold
-        the DAG, else by handshake (``make_leave``/``send_leave``) through ``via``."""
-        if has_dag(self.store, room_id):
+        """Leave a room (or reject an invite, withdraw a knock).
+
+        Locally when our DAG of the room holds the user in it (joined,
+        invited, knocking); else -- we hold no DAG, or one from before the
+        user left, which a knock through another server is newer than -- by
+        handshake (``make_leave``/``send_leave``) through ``via``.
+        """
+        membership = self.store.current_membership(room_id, user_id)
+        if has_dag(self.store, room_id) and membership not in (None, "leave"):
             return await self.engine.leave(room_id, user_id)
 
         async def leave_through(server: str) -> str:

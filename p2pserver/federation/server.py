@@ -49,7 +49,7 @@ from typing import Any
 
 import trio
 
-from p2pserver.engine.engine import Forbidden, NotFound, RoomEngine
+from p2pserver.engine.engine import Forbidden, NotFound, PduResult, RoomEngine
 from p2pserver.engine.notifier import RoomUpdate
 from p2pserver.federation import protocol as p
 from p2pserver.federation.knowledge import PeerKnowledge
@@ -65,6 +65,7 @@ from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.signing import sign_event
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.storage.invites import InviteStates
+from p2pserver.storage.store import EventStatus
 
 logger = logging.getLogger(__name__)
 
@@ -395,9 +396,7 @@ class FederationServer:
 
     async def on_send_join(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         event, pdu = self._handshake_event(origin, body, "join")
-        result = await self.engine.receive_pdu(origin, pdu)
-        if not result.accepted:
-            raise Forbidden(f"join refused: {result.reason}")
+        _require_accepted(await self.engine.receive_pdu(origin, pdu), "join")
         room_id = event.room_id
         ids = self.engine.on_state_ids(origin, room_id, event.event_id)
         auth_chain = set(ids.auth_chain_ids) | self.store.auth_chain_ids([event.event_id])
@@ -414,18 +413,14 @@ class FederationServer:
 
     async def on_send_leave(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         event, pdu = self._handshake_event(origin, body, "leave")
-        result = await self.engine.receive_pdu(origin, pdu)
-        if not result.accepted:
-            raise Forbidden(f"leave refused: {result.reason}")
+        _require_accepted(await self.engine.receive_pdu(origin, pdu), "leave")
         if self._first_accepted(event.event_id):
             self.sender.relay(event, received_from=origin, for_origin=True)
         return {}
 
     async def on_send_knock(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         event, pdu = self._handshake_event(origin, body, "knock")
-        result = await self.engine.receive_pdu(origin, pdu)
-        if not result.accepted:
-            raise Forbidden(f"knock refused: {result.reason}")
+        _require_accepted(await self.engine.receive_pdu(origin, pdu), "knock")
         if self._first_accepted(event.event_id):
             self.sender.relay(event, received_from=origin, for_origin=True)
         # What the knocker's client shows of the room (spec: "Stripped state").
@@ -517,3 +512,14 @@ class FederationServer:
             if sender_server(user_id) == self.server_name:
                 asked[user_id] = devices
         return await self.queries.keys_claim(origin, asked)
+
+
+def _require_accepted(result: PduResult, what: str) -> None:
+    """A handshake's event must pass against the room's current state too.
+
+    A soft-failed one (e.g. the user was banned after make_join/make_knock)
+    is refused, as the spec's 403 for send_join/send_knock says; it stays
+    stored, as every soft-failed event does, but changes nothing.
+    """
+    if result.status != EventStatus.ACCEPTED:
+        raise Forbidden(f"{what} refused: {result.reason}")

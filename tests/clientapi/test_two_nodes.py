@@ -468,11 +468,11 @@ async def test_an_invitee_sees_the_room_state_whole_once_joined(
         await bob.close()
 
 
-def raw_sync(node: ClientNode, client: AsyncClient) -> dict[str, Any]:
-    """An initial /sync as JSON (nio does not parse the knock section)."""
+def raw_sync(node: ClientNode, client: AsyncClient, since: str | None = None) -> dict[str, Any]:
+    """A /sync as JSON, initial unless ``since`` (nio does not parse the knock section)."""
     response = httpx.get(
         f"{node.url}/_matrix/client/v3/sync",
-        params={"timeout": "0"},
+        params={"timeout": "0", **({"since": since} if since else {})},
         headers={"Authorization": f"Bearer {client.access_token}"},
         timeout=WAIT,
     )
@@ -533,6 +533,12 @@ async def test_a_knock_the_room_does_not_allow_is_refused_and_leaves_nothing(
         await bob.close()
 
 
+def sections(response: dict[str, Any], room_id: str) -> list[str]:
+    """The /sync sections (join, invite, leave, knock) the room is in."""
+    rooms = response.get("rooms", {})
+    return [name for name, section in rooms.items() if room_id in section]
+
+
 @run
 async def test_a_knock_on_a_room_only_the_other_node_holds_can_be_withdrawn(
     n1: ClientNode, n2: ClientNode
@@ -543,10 +549,60 @@ async def test_a_knock_on_a_room_only_the_other_node_holds_can_be_withdrawn(
         await alice.room_enable_knocking(room_id)
         knocked = await bob.room_knock(room_id)
         assert isinstance(knocked, RoomKnockResponse), knocked
-        assert room_id in raw_sync(n2, bob)["rooms"]["knock"]
+        first = raw_sync(n2, bob)
+        assert sections(first, room_id) == ["knock"]
         left = await bob.room_leave(room_id)
         assert isinstance(left, RoomLeaveResponse), left
-        assert room_id not in raw_sync(n2, bob).get("rooms", {}).get("knock", {})
+        # The client learns that the knock is over, in the leave section.
+        assert sections(raw_sync(n2, bob, since=first["next_batch"]), room_id) == ["leave"]
+        assert sections(raw_sync(n2, bob), room_id) == []
+        member = await alice.room_get_state_event(room_id, "m.room.member", bob.user_id)
+        assert member.content["membership"] == "leave", member
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@run
+async def test_a_knock_the_room_refused_ends_when_the_knocker_leaves(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    """Kicking a knocker refuses the knock; bob's node is not told (it holds no DAG of
+    the room), but leaving is accepted as the end of it, not refused."""
+    alice, bob = await new_user(n1, "uma"), await new_user(n2, "vic")
+    try:
+        room_id = await create(alice, name="Gate", preset=RoomPreset.private_chat)
+        await alice.room_enable_knocking(room_id)
+        assert isinstance(await bob.room_knock(room_id), RoomKnockResponse)
+        await alice.room_kick(room_id, bob.user_id, reason="not today")
+        first = raw_sync(n2, bob)
+        left = await bob.room_leave(room_id)
+        assert isinstance(left, RoomLeaveResponse), left
+        assert sections(raw_sync(n2, bob, since=first["next_batch"]), room_id) == ["leave"]
+    finally:
+        await alice.close()
+        await bob.close()
+
+
+@run
+async def test_a_knock_on_a_room_left_earlier_is_shown_and_withdrawn(
+    n1: ClientNode, n2: ClientNode
+) -> None:
+    """Bob's node still holds the room's DAG from before he left: his knock through
+    node 1 stands for his membership until the room's events here catch up."""
+    alice, bob = await new_user(n1, "wes"), await new_user(n2, "xia")
+    try:
+        room_id = await create(alice, name="Again", preset=RoomPreset.private_chat)
+        await invite_and_join(alice, bob, room_id)
+        assert isinstance(await bob.room_leave(room_id), RoomLeaveResponse)
+        await alice.room_enable_knocking(room_id)
+        assert isinstance(await bob.room_knock(room_id, reason="again"), RoomKnockResponse)
+        member = await alice.room_get_state_event(room_id, "m.room.member", bob.user_id)
+        assert member.content == {**member.content, "membership": "knock", "reason": "again"}
+        first = raw_sync(n2, bob)
+        assert sections(first, room_id) == ["knock"]
+        assert isinstance(await bob.room_leave(room_id), RoomLeaveResponse)
+        assert sections(raw_sync(n2, bob, since=first["next_batch"]), room_id) == ["leave"]
         member = await alice.room_get_state_event(room_id, "m.room.member", bob.user_id)
         assert member.content["membership"] == "leave", member
     finally:

@@ -105,3 +105,40 @@ def test_send_knock_takes_only_a_knock_of_a_user_of_the_requesting_server():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_a_user_banned_after_the_template_cannot_knock_or_join():
+    """send_knock / send_join of an event that fails against the current state: 403.
+
+    The event is soft-failed (stored, changing nothing), and the room's state
+    is not handed over."""
+
+    async def main():
+        _, (a, b) = cluster(2)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b])
+            alice, bob = a.user("alice"), b.user("bob")
+            room_id = await a.engine.create_room(alice, KNOCK_ROOM)
+            version = a.store.room_version(room_id)
+            knock_template, _ = await b.fed.client.make_knock(
+                a.server_name, room_id, bob, p.SUPPORTED_ROOM_VERSIONS
+            )
+            await a.engine.send_state(
+                room_id, alice, "m.room.join_rules", "", {"join_rule": "public"}
+            )
+            join_template, _ = await b.fed.client.make_join(
+                a.server_name, room_id, bob, p.SUPPORTED_ROOM_VERSIONS
+            )
+            await a.engine.ban(room_id, alice, bob)
+            for template, send in (
+                (knock_template, b.fed.client.send_knock),
+                (join_template, b.fed.client.send_join),
+            ):
+                event = fill_template(template, version, b.key, server_name=b.server_name)
+                with pytest.raises(FederationError) as refused:
+                    await send(a.server_name, room_id, event.event_id, event.get_pdu_json())
+                assert refused.value.errcode == "M_FORBIDDEN"
+            assert _membership(a, room_id, bob) == "ban"
+            nursery.cancel_scope.cancel()
+
+    run(main)
