@@ -23,7 +23,10 @@ Rules:
   from the servers joined in the state before the event (a membership
   event adds its target's), never the current ones: every server joined
   when an event was sent is owed it, even if it has left or been kicked
-  since.
+  since. A server that has left cannot pull (``room_heads`` answers only
+  members), so an event that reached us by a pull is still passed on to
+  our children in its tree that have left since
+  (:meth:`FederationSender.relay_to_departed`); members among them pull it.
 - Failures: an unreachable or silent destination, or a transient refusal
   (``M_UNKNOWN``, ``M_LIMIT_EXCEEDED``), keeps its items and backs off:
   ``backoff_initial`` seconds doubling up to ``backoff_max`` (after a
@@ -138,6 +141,28 @@ class FederationSender:
                 for_origin=for_origin,
             )
             if not self.knowledge.has_all(t, event.room_id, [event.event_id])
+        ]
+        meta = self.store.event_meta(event.event_id)
+        if targets and meta is not None:
+            with self.store.transaction():
+                self.store.outbound.enqueue_pdu(targets, meta.nid)
+        return targets
+
+    def relay_to_departed(self, event: Event) -> list[str]:
+        """Queue an event that entered our timeline for our children in its tree
+        that are no longer in the room (see the module docstring); return them.
+
+        Called for every event of another server that enters our timeline:
+        one that came by push was queued for them by :meth:`relay` already,
+        and is then queued twice (receivers drop duplicates; such children
+        are rare).
+        """
+        room_id = event.room_id
+        targets = [
+            t
+            for t in push_targets(event, self.server_name, self._servers_at(event), self.fanout)
+            if not self.store.server_joined(room_id, t)
+            and not self.knowledge.has_all(t, room_id, [event.event_id])
         ]
         meta = self.store.event_meta(event.event_id)
         if targets and meta is not None:

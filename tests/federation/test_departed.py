@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import trio
 
 from p2pserver.engine.engine import Forbidden
+from p2pserver.federation.fanout import EventTree
 from p2pserver.rooms.events import Event
 
-from .conftest import cluster, run, shared_room, start_all, wait_until
+from .conftest import CONFIG, cluster, run, shared_room, start_all, wait_until
 
 
 def test_the_origin_pushes_a_message_to_a_server_kicked_before_it_arrived():
@@ -69,6 +72,37 @@ def test_a_kicked_server_may_walk_back_over_what_it_was_joined_for():
                 pass
             else:
                 raise AssertionError("a departed server walked back from after its kick")
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_relay_that_pulled_an_event_passes_it_on_to_a_child_that_left():
+    """fanout 1: the event's tree is a chain origin -> first -> second. ``first``
+    gets the event by a pull (its push was lost), and ``second`` has left, so it
+    cannot pull: ``first`` must still pass it on (found by the converge fuzzer,
+    seed 12)."""
+
+    async def main():
+        config = dataclasses.replace(CONFIG, fanout=1)
+        hub, (a, x, y) = cluster(3, config=config)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, x, y])
+            room_id = await shared_room([a, x, y])
+            nodes = {n.server_name: n for n in (a, x, y)}
+            for other in (x, y):
+                hub.set_link(a.server_name, other.server_name, up=False)
+            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "owed"})
+            order = EventTree(message, a.server_name, a.store.joined_servers(room_id)).order()
+            first, second = nodes[order[1]], nodes[order[2]]
+            user = second.user("u1" if second is x else "u2")
+            await second.engine.leave(room_id, user)
+            await wait_until(lambda: second.server_name not in first.store.joined_servers(room_id))
+            # The push to ``first`` is lost: it can only pull the message.
+            a.store.outbound.ack(first.server_name, 2**62)
+            hub.set_link(a.server_name, first.server_name, up=True)
+            await wait_until(lambda: first.has(message), timeout=60)
+            await wait_until(lambda: second.has(message), timeout=60)
             nursery.cancel_scope.cancel()
 
     run(main)
