@@ -53,7 +53,10 @@ class NodeProcess:
         # A short pulls interval as a backstop; flows here should not need it.
         (self.data_dir / "config.toml").write_text("sync_interval = 10\n")
         self.socket = root / f"{name}.sock"
-        self.port = free_port()
+        # The node picks its port on the first start (a port picked here could
+        # be taken as another connection's source port before the node binds
+        # it); restarts keep it.
+        self.port = 0
         self.log = root / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.server_name = ""
@@ -87,6 +90,7 @@ class NodeProcess:
         status = wait_for(ready, STARTUP_TIMEOUT, f"{self.name} to start")
         self.server_name = status["server_name"]
         self.address = status["listen_addresses"][0]
+        self.port = int(self.address.split("/tcp/")[1].split("/")[0])
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
