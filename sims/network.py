@@ -652,14 +652,8 @@ class SimNetwork(InProcessNetwork):
         with suppress(NetworkError):
             await self.connect(destination)
 
-    async def connect(self, destination: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        check_timeout(timeout)
-        self._check_destination(destination)
-        self._require_running()
-        with trio.move_on_after(timeout):
-            await self._hub.connect(self, destination)
-            return
-        raise RequestTimeout(f"connecting to {destination} timed out after {timeout}s")
+    async def _open_connection(self, destination: str) -> _Connection:
+        return await self._hub.connect(self, destination)
 
     async def request(
         self,
@@ -676,7 +670,7 @@ class SimNetwork(InProcessNetwork):
         self._require_running()
         hub = self._hub
         with trio.move_on_after(timeout):
-            conn = await hub.connect(self, destination)
+            conn = await self._open_connection(destination)
             pending = PendingRequest[bytes]()
             tag = request_id if conn.ends[0] == self.server_name else -request_id
             conn.pending[tag] = pending

@@ -198,12 +198,17 @@ async def _join(ctx: Ctx, room_id: str, via: list[str]) -> dict[str, Any]:
                 room_id, ctx.user_id, via or _others_in_room(api, room_id), content
             )
     elif api.remote is not None:
-        servers = via or ([room_id.partition(":")[2]] if ":" in room_id else [])
+        servers = via or _named_server(room_id)
         await api.remote.join(room_id, ctx.user_id, servers, content)
     else:
         raise ApiError.of("M_NOT_FOUND", f"room {room_id} is not known to this server")
     api.accounts.set_forgotten(ctx.user_id, room_id, False)
     return {"room_id": room_id}
+
+
+def _named_server(room_id: str) -> list[str]:
+    """The server a room ID names (before version 12), to go through when no other is known."""
+    return [room_id.partition(":")[2]] if ":" in room_id else []
 
 
 def _others_in_room(api: ClientAPI, room_id: str) -> list[str]:
@@ -245,7 +250,7 @@ async def knock(ctx: Ctx) -> dict[str, Any]:
         await api.engine.send_state(room_id, ctx.user_id, "m.room.member", ctx.user_id, content)
         return {"room_id": room_id}
     # Only other servers are in the room: knock through one of them.
-    servers = via or ([room_id.partition(":")[2]] if ":" in room_id else [])
+    servers = via or _named_server(room_id)
     event_id, server, state = await api.remote.knock(room_id, ctx.user_id, servers, content)
     own = {"type": "m.room.member", "state_key": ctx.user_id, "content": content}
     with api.store.transaction():

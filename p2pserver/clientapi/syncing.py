@@ -63,7 +63,7 @@ from p2pserver.clientapi.sync import (
 )
 from p2pserver.clientapi.todevice import sync_to_device
 from p2pserver.clientapi.views import RoomViews
-from p2pserver.rooms.events import Event
+from p2pserver.rooms.events import STRIPPED_STATE_TYPES, Event
 from p2pserver.rooms.power_levels import get_user_power_level
 from p2pserver.storage.accounts import Membership
 from p2pserver.storage.invites import InviteStates
@@ -75,15 +75,6 @@ if TYPE_CHECKING:
 MAX_TIMEOUT_MS = 5 * 60 * 1000
 # How many events after the user's read receipt are checked for unread counts.
 UNREAD_SCAN = 100
-STRIPPED_STATE_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 def add_routes(router: Router) -> None:

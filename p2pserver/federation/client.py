@@ -180,69 +180,52 @@ class FederationClient:
         )
         return _list(answer, "pdus", p.STATE), _list(answer, "auth_chain", p.STATE)
 
-    async def make_join(
-        self, destination: str, room_id: str, user_id: str, versions: Sequence[str]
+    async def make_membership(
+        self,
+        destination: str,
+        membership: str,
+        room_id: str,
+        user_id: str,
+        versions: Sequence[str] = p.SUPPORTED_ROOM_VERSIONS,
     ) -> tuple[dict[str, Any], str]:
-        """GET /make_join: (the join event template, the room version)."""
-        answer = await self.request(
-            destination,
-            p.MAKE_JOIN,
-            {"room_id": room_id, "user_id": user_id, "ver": list(versions)},
-        )
-        return _template(answer, p.MAKE_JOIN)
+        """GET /make_join, /make_knock or /make_leave (``membership``): (the event
+        template, the room version). ``versions``: the room versions we speak
+        (not sent for a leave)."""
+        method = _MAKE[membership]
+        body: dict[str, Any] = {"room_id": room_id, "user_id": user_id}
+        if membership != "leave":
+            body["ver"] = list(versions)
+        return _template(await self.request(destination, method, body), method)
 
     async def send_join(
         self, destination: str, room_id: str, event_id: str, pdu: Mapping[str, Any]
     ) -> dict[str, Any]:
         """PUT /v2/send_join: the resident server's answer (state, auth_chain, ...)."""
-        answer = await self.request(
-            destination, p.SEND_JOIN, {"room_id": room_id, "event_id": event_id, "event": dict(pdu)}
-        )
+        answer = await self._send_membership(destination, p.SEND_JOIN, room_id, event_id, pdu)
         _list(answer, "state", p.SEND_JOIN)
         _list(answer, "auth_chain", p.SEND_JOIN)
         return answer
 
-    async def make_leave(
-        self, destination: str, room_id: str, user_id: str
-    ) -> tuple[dict[str, Any], str]:
-        answer = await self.request(
-            destination, p.MAKE_LEAVE, {"room_id": room_id, "user_id": user_id}
-        )
-        return _template(answer, p.MAKE_LEAVE)
-
     async def send_leave(
         self, destination: str, room_id: str, event_id: str, pdu: Mapping[str, Any]
     ) -> None:
-        await self.request(
-            destination,
-            p.SEND_LEAVE,
-            {"room_id": room_id, "event_id": event_id, "event": dict(pdu)},
-        )
-
-    async def make_knock(
-        self, destination: str, room_id: str, user_id: str, versions: Sequence[str]
-    ) -> tuple[dict[str, Any], str]:
-        """GET /make_knock: (the knock event template, the room version)."""
-        answer = await self.request(
-            destination,
-            p.MAKE_KNOCK,
-            {"room_id": room_id, "user_id": user_id, "ver": list(versions)},
-        )
-        return _template(answer, p.MAKE_KNOCK)
+        await self._send_membership(destination, p.SEND_LEAVE, room_id, event_id, pdu)
 
     async def send_knock(
         self, destination: str, room_id: str, event_id: str, pdu: Mapping[str, Any]
     ) -> list[dict[str, Any]]:
         """PUT /send_knock: the room's stripped state (``knock_room_state``), shape-checked."""
-        answer = await self.request(
-            destination,
-            p.SEND_KNOCK,
-            {"room_id": room_id, "event_id": event_id, "event": dict(pdu)},
-        )
+        answer = await self._send_membership(destination, p.SEND_KNOCK, room_id, event_id, pdu)
         try:
             return p.Params(answer).stripped_state("knock_room_state")
         except MatrixError as exc:
             raise _malformed(p.SEND_KNOCK, exc.message) from None
+
+    async def _send_membership(
+        self, destination: str, method: str, room_id: str, event_id: str, pdu: Mapping[str, Any]
+    ) -> dict[str, Any]:
+        body = {"room_id": room_id, "event_id": event_id, "event": dict(pdu)}
+        return await self.request(destination, method, body)
 
     async def invite(
         self,
@@ -324,6 +307,9 @@ def _list(answer: Mapping[str, Any], key: str, method: str) -> list[Any]:
     if not isinstance(value, list):
         raise _malformed(method, f"{key} must be a list")
     return value
+
+
+_MAKE = {"join": p.MAKE_JOIN, "knock": p.MAKE_KNOCK, "leave": p.MAKE_LEAVE}
 
 
 def _template(answer: Mapping[str, Any], method: str) -> tuple[dict[str, Any], str]:

@@ -46,7 +46,6 @@ from p2pserver.federation.client import FederationClient, FederationError
 from p2pserver.federation.fanout import DEFAULT_FANOUT
 from p2pserver.federation.knowledge import PeerKnowledge
 from p2pserver.federation.membership import check_template, fill_template, stripped_state
-from p2pserver.federation.protocol import SUPPORTED_ROOM_VERSIONS
 from p2pserver.federation.queries import EduHandler, QueryHandler
 from p2pserver.federation.sender import FederationSender
 from p2pserver.federation.server import FederationServer
@@ -281,17 +280,7 @@ class Federation:
     async def _remote_join(
         self, server: str, room_id: str, user_id: str, content: Mapping[str, Any] | None
     ) -> str:
-        template, version_id = await self.client.make_join(
-            server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
-        )
-        event, version = self._our_membership(
-            template,
-            version_id,
-            room_id=room_id,
-            user_id=user_id,
-            membership="join",
-            content=content,
-        )
+        event, version = await self._membership_event(server, room_id, user_id, "join", content)
         answer = await self.client.send_join(server, room_id, event.event_id, event.get_pdu_json())
         # The resident's answer holds the state before our join and its
         # auth chain: the engine checks them and places our join on them.
@@ -328,17 +317,7 @@ class Federation:
         """
 
         async def knock_through(server: str) -> tuple[str, str, list[dict[str, Any]]]:
-            template, version_id = await self.client.make_knock(
-                server, room_id, user_id, SUPPORTED_ROOM_VERSIONS
-            )
-            event, _ = self._our_membership(
-                template,
-                version_id,
-                room_id=room_id,
-                user_id=user_id,
-                membership="knock",
-                content=content,
-            )
+            event, _ = await self._membership_event(server, room_id, user_id, "knock", content)
             state = await self.client.send_knock(
                 server, room_id, event.event_id, event.get_pdu_json()
             )
@@ -359,27 +338,25 @@ class Federation:
             return await self.engine.leave(room_id, user_id)
 
         async def leave_through(server: str) -> str:
-            template, version_id = await self.client.make_leave(server, room_id, user_id)
-            event, _ = self._our_membership(
-                template, version_id, room_id=room_id, user_id=user_id, membership="leave"
-            )
+            event, _ = await self._membership_event(server, room_id, user_id, "leave")
             await self.client.send_leave(server, room_id, event.event_id, event.get_pdu_json())
             return event.event_id
 
         return await self._through_servers("leave", room_id, user_id, via, leave_through)
 
-    def _our_membership(
+    async def _membership_event(
         self,
-        template: Mapping[str, Any],
-        version_id: str,
-        *,
+        server: str,
         room_id: str,
         user_id: str,
         membership: str,
         content: Mapping[str, Any] | None = None,
     ) -> tuple[Event, RoomVersion]:
-        """Our membership event from a resident's template: checked to be the one we
-        asked for, filled in and signed."""
+        """Our membership event from ``server``'s template (make_join, make_knock or
+        make_leave): checked to be the one we asked for, filled in and signed."""
+        template, version_id = await self.client.make_membership(
+            server, membership, room_id, user_id
+        )
         version = get_room_version(version_id)
         check_template(template, room_id=room_id, user_id=user_id, membership=membership)
         event = fill_template(

@@ -42,21 +42,10 @@ from typing import Any
 
 from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.errors import AuthError, EventFormatError
-from p2pserver.rooms.events import Event, StateKey, sender_server
+from p2pserver.rooms.events import STRIPPED_STATE_TYPES, Event, StateKey, sender_server
 from p2pserver.rooms.room_versions import RoomVersion
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage.store import Store
-
-# State a client needs to show an invite (spec: "Stripped state").
-STRIPPED_STATE_TYPES = (
-    "m.room.create",
-    "m.room.join_rules",
-    "m.room.name",
-    "m.room.avatar",
-    "m.room.canonical_alias",
-    "m.room.encryption",
-    "m.room.topic",
-)
 
 
 def _now_ms() -> int:

@@ -130,23 +130,15 @@ class FederationSender:
         For our own events not queued by the engine (a join made through
         send_join) pass ``received_from=None``.
         """
-        targets = [
-            t
-            for t in push_targets(
-                event,
-                self.server_name,
-                self._servers_at(event),
-                self.fanout,
-                received_from=received_from,
-                for_origin=for_origin,
-            )
-            if not self.knowledge.has_all(t, event.room_id, [event.event_id])
-        ]
-        meta = self.store.event_meta(event.event_id)
-        if targets and meta is not None:
-            with self.store.transaction():
-                self.store.outbound.enqueue_pdu(targets, meta.nid)
-        return targets
+        targets = push_targets(
+            event,
+            self.server_name,
+            self._servers_at(event),
+            self.fanout,
+            received_from=received_from,
+            for_origin=for_origin,
+        )
+        return self._queue(event, targets)
 
     def relay_to_departed(self, event: Event) -> list[str]:
         """Queue an event that entered our timeline for our children in its tree
@@ -157,18 +149,20 @@ class FederationSender:
         and is then queued twice (receivers drop duplicates; such children
         are rare).
         """
+        targets = push_targets(event, self.server_name, self._servers_at(event), self.fanout)
+        return self._queue(
+            event, [t for t in targets if not self.store.server_joined(event.room_id, t)]
+        )
+
+    def _queue(self, event: Event, targets: Iterable[str]) -> list[str]:
+        """Queue a stored event for those of ``targets`` not known to hold it; return them."""
         room_id = event.room_id
-        targets = [
-            t
-            for t in push_targets(event, self.server_name, self._servers_at(event), self.fanout)
-            if not self.store.server_joined(room_id, t)
-            and not self.knowledge.has_all(t, room_id, [event.event_id])
-        ]
+        wanted = [t for t in targets if not self.knowledge.has_all(t, room_id, [event.event_id])]
         meta = self.store.event_meta(event.event_id)
-        if targets and meta is not None:
+        if wanted and meta is not None:
             with self.store.transaction():
-                self.store.outbound.enqueue_pdu(targets, meta.nid)
-        return targets
+                self.store.outbound.enqueue_pdu(wanted, meta.nid)
+        return wanted
 
     def send_edu(self, destination: str, edu_type: str, content: Mapping[str, Any]) -> None:
         """Queue an EDU (they go to the one destination; they are never relayed)."""

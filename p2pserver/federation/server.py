@@ -341,27 +341,26 @@ class FederationServer:
             raise Forbidden(f"{origin} may not act for {user_id}")
 
     async def on_make_join(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        params = p.Params(body)
-        room_id, user_id = params.room_id(), params.user_id()
-        self._local_user_of(origin, user_id)
-        # The spec's default when ``ver`` is absent is ["1"], which nobody here speaks.
-        versions = params.texts("ver", required=False) or ["1"]
-        template, version = self._template(room_id, user_id, "join", versions)
-        return {"event": template, "room_version": version.identifier}
+        return self._make_membership(origin, body, "join")
 
     async def on_make_leave(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        params = p.Params(body)
-        room_id, user_id = params.room_id(), params.user_id()
-        self._local_user_of(origin, user_id)
-        template, version = self._template(room_id, user_id, "leave", None)
-        return {"event": template, "room_version": version.identifier}
+        return self._make_membership(origin, body, "leave")
 
     async def on_make_knock(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        return self._make_membership(origin, body, "knock")
+
+    def _make_membership(
+        self, origin: str, body: Mapping[str, Any], membership: str
+    ) -> dict[str, Any]:
+        """make_join / make_leave / make_knock: the template, for a user of ``origin``."""
         params = p.Params(body)
         room_id, user_id = params.room_id(), params.user_id()
         self._local_user_of(origin, user_id)
-        versions = params.texts("ver", required=False) or ["1"]
-        template, version = self._template(room_id, user_id, "knock", versions)
+        versions = None
+        if membership != "leave":
+            # The spec's default when ``ver`` is absent is ["1"], which nobody here speaks.
+            versions = params.texts("ver", required=False) or ["1"]
+        template, version = self._template(room_id, user_id, membership, versions)
         return {"event": template, "room_version": version.identifier}
 
     def _template(

@@ -21,6 +21,18 @@ from p2pserver.rooms.room_versions import RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state_key)
 
+# The state a client is shown of a room it is invited to or knocked on
+# (spec: "Stripped state").
+STRIPPED_STATE_TYPES = (
+    "m.room.create",
+    "m.room.join_rules",
+    "m.room.name",
+    "m.room.avatar",
+    "m.room.canonical_alias",
+    "m.room.encryption",
+    "m.room.topic",
+)
+
 
 class Event:
     __slots__ = (

@@ -271,6 +271,19 @@ class InProcessNetwork(Network):
         if self._nursery is None:
             raise RuntimeError(f"{self.server_name} is not running")
 
+    async def connect(self, destination: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        check_timeout(timeout)
+        self._check_destination(destination)
+        self._require_running()
+        with trio.move_on_after(timeout):
+            await self._open_connection(destination)
+            return
+        raise RequestTimeout(f"connecting to {destination} timed out after {timeout}s")
+
+    async def _open_connection(self, destination: str) -> object:
+        """The hub's connection to ``destination``, opened if need be."""
+        raise NotImplementedError
+
 
 class MemoryNetwork(InProcessNetwork):
     """One node on a MemoryHub. Create it with ``hub.network(server_name)``."""
@@ -282,14 +295,8 @@ class MemoryNetwork(InProcessNetwork):
     def _on_stop(self) -> None:
         self._hub._node_stopped(self.server_name)
 
-    async def connect(self, destination: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
-        check_timeout(timeout)
-        self._check_destination(destination)
-        self._require_running()
-        with trio.move_on_after(timeout):
-            await self._hub._connect(self, destination)
-            return
-        raise RequestTimeout(f"connecting to {destination} timed out after {timeout}s")
+    async def _open_connection(self, destination: str) -> _Connection:
+        return await self._hub._connect(self, destination)
 
     async def request(
         self,
@@ -305,7 +312,7 @@ class MemoryNetwork(InProcessNetwork):
         self._require_running()
         hub = self._hub
         with trio.move_on_after(timeout):
-            conn = await hub._connect(self, destination)
+            conn = await self._open_connection(destination)
             pending = PendingRequest[Response]()
             conn.pending.add(pending)
             try:

@@ -83,15 +83,13 @@ def test_send_knock_takes_only_a_knock_of_a_user_of_the_requesting_server():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await a.engine.create_room(a.user("alice"), KNOCK_ROOM)
-            template, _ = await b.fed.client.make_knock(
-                a.server_name, room_id, b.user("bob"), p.SUPPORTED_ROOM_VERSIONS
+            template, _ = await b.fed.client.make_membership(
+                a.server_name, "knock", room_id, b.user("bob")
             )
             assert template["content"]["membership"] == "knock"
             # c may not ask for a template for b's user.
             with pytest.raises(FederationError) as refused:
-                await c.fed.client.make_knock(
-                    a.server_name, room_id, b.user("bob"), p.SUPPORTED_ROOM_VERSIONS
-                )
+                await c.fed.client.make_membership(a.server_name, "knock", room_id, b.user("bob"))
             assert refused.value.errcode == "M_FORBIDDEN"
             # A join passed off as a knock is refused.
             version = a.store.room_version(room_id)
@@ -120,14 +118,14 @@ def test_a_user_banned_after_the_template_cannot_knock_or_join():
             alice, bob = a.user("alice"), b.user("bob")
             room_id = await a.engine.create_room(alice, KNOCK_ROOM)
             version = a.store.room_version(room_id)
-            knock_template, _ = await b.fed.client.make_knock(
-                a.server_name, room_id, bob, p.SUPPORTED_ROOM_VERSIONS
+            knock_template, _ = await b.fed.client.make_membership(
+                a.server_name, "knock", room_id, bob
             )
             await a.engine.send_state(
                 room_id, alice, "m.room.join_rules", "", {"join_rule": "public"}
             )
-            join_template, _ = await b.fed.client.make_join(
-                a.server_name, room_id, bob, p.SUPPORTED_ROOM_VERSIONS
+            join_template, _ = await b.fed.client.make_membership(
+                a.server_name, "join", room_id, bob
             )
             await a.engine.ban(room_id, alice, bob)
             for template, send in (
