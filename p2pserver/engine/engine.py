@@ -1473,16 +1473,16 @@ class RoomEngine:
                 return _redacted(event)
         return event
 
-    def joined_servers_at(self, event_id: str) -> frozenset[str] | None:
-        """Servers with a user joined in the state before the event.
+    def joined_servers_at(self, event_id: str, *, after: bool = False) -> frozenset[str] | None:
+        """Servers with a user joined in the state before the event (``after``: after it).
 
         None when that state is unknown (no such event, or an outlier).
         Cached by state group, as pushing asks this per event per node.
         """
         meta = self.store.event_meta(event_id)
-        if meta is None or meta.state_before is None:
+        group = None if meta is None else meta.state_after if after else meta.state_before
+        if group is None:
             return None
-        group = meta.state_before
         servers = self._joined_in_group.get(group)
         if servers is None:
             state = self.store.state_map(group)
@@ -1497,6 +1497,19 @@ class RoomEngine:
                 self._joined_in_group.clear()  # bounded; recomputing is correct
             self._joined_in_group[group] = servers
         return servers
+
+    def server_joined_at(
+        self, server_name: str, room_id: str, event_id: str, *, before: bool = True
+    ) -> bool:
+        """Whether ``server_name`` had a user joined just after the event (or, with
+        ``before``, just before it): the event must be of ``room_id``."""
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.room_id != room_id:
+            return False
+        return any(
+            server_name in (self.joined_servers_at(event_id, after=after) or ())
+            for after in ((False, True) if before else (True,))
+        )
 
     def _state_maps_at(self, meta: EventMeta) -> list[StateMap]:
         groups = dict.fromkeys(g for g in (meta.state_before, meta.state_after) if g is not None)

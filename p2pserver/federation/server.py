@@ -33,10 +33,20 @@ relayed to our push targets (:meth:`FederationSender.relay`).
 Reads (``get_missing_events``, ``backfill``, ``state``...) are answered by
 the room engine's ``on_*`` methods, which apply history visibility; the
 room-scoped ones are for servers with a user joined or invited in the room.
-One exception: ``get_missing_events`` also serves a server that has left (or
-was kicked) when it walks back from an event it was joined at, returning
-only the events it may see, so it can still fetch what was sent while it
-was joined.
+One exception: ``get_missing_events`` also serves a server that is no longer
+in the room when one of the events it names had it joined:
+
+- walking back from an event it was joined at (just before or after it),
+  it fetches what was sent while it was joined (it is owed those);
+- walking back to its own forward extremities (``earliest_events``), one
+  of which it was joined after (its view still has it joined), it learns
+  what superseded that view. Its removal may sit in a branch it never received, or follow only from merging branches (state
+  resolution), so no push ever targeted it; without this it would believe
+  itself joined forever, and every other server would refuse it.
+
+As for any server, what it may not see comes redacted: it learns the
+room's state skeleton (memberships, power levels, join rules), which it
+needs to resolve its own removal, and no content.
 """
 
 from __future__ import annotations
@@ -258,45 +268,29 @@ class FederationServer:
         params = p.Params(body)
         room_id = params.room_id()
         latest = params.event_ids("latest_events")
-        departed = False
+        earliest = params.event_ids("earliest_events")
         try:
             self._room_for(origin, room_id)
         except Forbidden:
             # A server that has left (or was kicked) is still owed the events
-            # sent while it was joined: it may walk back from events it may see.
-            if not any(self._joined_at(origin, room_id, e) for e in latest):
+            # sent while it was joined, and one whose own view still has it
+            # joined (its removal came by a branch it never received) must
+            # learn of the removal: see the module docstring.
+            owed = any(self.engine.server_joined_at(origin, room_id, e) for e in latest)
+            stale = any(
+                self.engine.server_joined_at(origin, room_id, e, before=False) for e in earliest
+            )
+            if not (owed or stale):
                 raise
-            departed = True
         events = self.engine.on_get_missing_events(
             origin,
             room_id,
-            earliest_events=params.event_ids("earliest_events"),
+            earliest_events=earliest,
             latest_events=latest,
             limit=params.integer("limit", default=10, high=p.MAX_EVENTS_PER_ANSWER),
             min_depth=params.integer("min_depth", default=0),
         )
-        version = self.store.room_version(room_id)
-        if departed and version is not None:  # only what it may see, none redacted
-            events = [
-                e
-                for e in events
-                if self.engine.may_server_see_event(origin, Event(e, version).event_id)
-            ]
         return {"events": events}
-
-    def _joined_at(self, origin: str, room_id: str, event_id: str) -> bool:
-        """Whether ``origin`` had a user joined in the state before or after the event."""
-        meta = self.store.event_meta(event_id)
-        if meta is None or meta.room_id != room_id:
-            return False
-        joined = self.engine.joined_servers_at(event_id)
-        if joined is not None and origin in joined:
-            return True
-        return (
-            meta.type == "m.room.member"
-            and meta.state_key is not None
-            and (sender_server(meta.state_key) == origin)
-        )
 
     async def on_backfill(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
         params = p.Params(body)

@@ -13,7 +13,10 @@ deepest first, per room):
 - The requester lists its forward extremities for rooms it believes the
   responder is joined to. The responder answers with its own, only for
   rooms where the requester has a user joined or invited in its current
-  state (heads of other rooms are not revealed).
+  state (heads of other rooms are not revealed), or was joined after one
+  of the heads it sent: a server removed in a branch it never received
+  still sees itself joined, and must be able to catch up to learn
+  otherwise (see :mod:`.server` for what it may then fetch).
 - Each side then fetches the heads it does not hold from the other (below).
   So one request lets both catch up.
 
@@ -270,7 +273,11 @@ class RoomSync:
             )
         answer: dict[str, list[str]] = {}
         for room_id, heads in checked.items():
-            if not has_dag(self.store, room_id) or not server_in_room(self.store, room_id, origin):
+            if not has_dag(self.store, room_id):
+                continue
+            if not server_in_room(self.store, room_id, origin) and not any(
+                self.engine.server_joined_at(origin, room_id, h, before=False) for h in heads
+            ):
                 continue
             answer[room_id] = self._heads(room_id)
             self.knowledge.record(origin, room_id, heads)

@@ -63,15 +63,53 @@ def test_a_kicked_server_may_walk_back_over_what_it_was_joined_for():
             version = a.store.room_version(room_id)
             assert version is not None
             assert [Event(p, version).event_id for p in answer["events"]] == [message]
-            # Nothing from after it left, and no walk from an event it was not joined at.
+            # Walking back to where it was last joined (its view of the room):
+            # what it may not see comes redacted.
+            answer = await a.fed.server.on_get_missing_events(
+                c.server_name, {**body, "latest_events": [after]}
+            )
+            events = {Event(p, version).event_id: p for p in answer["events"]}
+            assert events.keys() == {kick, message}
+            assert events[kick]["content"]["membership"] == "leave"
+            # No walk from, or to, only events it was not joined at.
             try:
                 await a.fed.server.on_get_missing_events(
-                    c.server_name, {**body, "latest_events": [after]}
+                    c.server_name, {**body, "earliest_events": [after], "latest_events": [after]}
                 )
             except Forbidden:
                 pass
             else:
                 raise AssertionError("a departed server walked back from after its kick")
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_removed_server_that_never_heard_of_its_removal_learns_it():
+    """c is kicked, and both pushes of the kick to it are lost: its own view
+    still has it joined. Its pull must be answered so it learns the kick, and
+    what came after comes redacted (found by the converge fuzzer, seed 13,
+    where the removal followed from merging branches, so no push targeted c)."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            hub.partition([c.server_name], [a.server_name, b.server_name])
+            kick = await a.engine.kick(room_id, a.user("u0"), c.user("u2"))
+            secret = await a.engine.send_message(room_id, a.user("u0"), {"body": "not for c"})
+            await wait_until(lambda: b.has(secret))
+            for node in (a, b):  # every push to c is lost
+                node.store.outbound.ack(c.server_name, 2**62)
+            hub.heal()
+            await trio.sleep(1)
+            assert c.store.current_membership(room_id, c.user("u2")) == "join"
+            c.fed.sync.sync_round()
+            await wait_until(lambda: c.has(kick), timeout=60)
+            await wait_until(lambda: c.store.current_membership(room_id, c.user("u2")) == "leave")
+            copy = c.store.load_event(secret)
+            assert copy is not None and copy.redacted and "body" not in copy.content
             nursery.cancel_scope.cancel()
 
     run(main)
