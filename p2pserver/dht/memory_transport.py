@@ -1,6 +1,7 @@
 """An in-memory libp2p transport: many hosts in one process, no sockets.
 
-py-libp2p 0.8.1 has no memory transport. This one plugs into ``new_host(transports=[...])``:
+py-libp2p 0.8.1 has no memory transport. This one plugs into ``new_host(transports=[...])``
+(:func:`p2pserver.transport.libp2p_slim.new_host`):
 addresses look like ``/memory/<n>``, a dial makes a ``trio.testing.memory_stream_pair``
 and hands one end to the listener. Noise and Yamux run on top as over TCP,
 so everything above the socket layer is the real stack. It needs no
@@ -22,7 +23,12 @@ from typing import Any, cast
 import multiaddr
 import trio
 import trio.testing
-from libp2p import new_host
+
+# Before any libp2p import (see p2pserver.transport.libp2p_slim).
+from p2pserver.transport import libp2p_slim
+
+# isort: split
+
 from libp2p.abc import IHost, IListener, ITransport
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
 from libp2p.io.abc import ReadWriteCloser
@@ -148,8 +154,8 @@ def new_memory_host(signing_key: SigningKey, hub: MemoryTransportHub) -> IHost:
     and ``await host.close()`` afterwards.
     """
     keypair = keypair_from_signing_key(signing_key)
-    return new_host(
-        key_pair=keypair,
+    return libp2p_slim.new_host(
+        keypair,
         sec_opt={
             NOISE_ID: NoiseTransport(keypair, noise_privkey=new_x25519_key_pair().private_key)
         },

@@ -62,6 +62,12 @@ from typing import Any
 
 import multiaddr
 import trio
+
+# Before any libp2p import (see p2pserver.transport.libp2p_slim).
+from p2pserver.transport import libp2p_slim  # noqa: F401
+
+# isort: split
+
 from libp2p.abc import IHost, INetStream
 from libp2p.custom_types import TProtocol
 from libp2p.kad_dht import common as kad_common

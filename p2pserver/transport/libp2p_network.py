@@ -72,7 +72,13 @@ from typing import Any, cast
 import ifaddr
 import multiaddr
 import trio
-from libp2p import new_host
+
+# Before any libp2p import: importing libp2p_slim makes libp2p load only the
+# modules we use (see its docstring).
+from p2pserver.transport import libp2p_slim
+
+# isort: split
+
 from libp2p.abc import IHost, INetConn, INetStream, INotifee
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair, KeyType
@@ -431,8 +437,8 @@ class Libp2pNetwork(Network):
         if self._host is not None:
             raise RuntimeError("this network is already running")
         keypair = keypair_from_signing_key(self._signing_key)
-        host = new_host(
-            key_pair=keypair,
+        host = libp2p_slim.new_host(
+            keypair,
             sec_opt={
                 NOISE_ID: NoiseTransport(keypair, noise_privkey=new_x25519_key_pair().private_key)
             },
