@@ -81,7 +81,9 @@ than their deepest prev event (make_join templates are built the same way:
 must pass the receive path's format checks (step 1, so M_TOO_LARGE over
 65,536 bytes), are put through checks 4-6 like any received event, and
 their event ID is returned only after the commit. They are queued for every server with a member joined to
-the room, and for the target's server of a membership event.
+the room, and for the target's server of a membership event -- or, with a
+``push_filter`` (the federation's bounded fan-out), only for those of them
+it names.
 
 Concurrency: one trio lock per room serialises everything that writes a
 room, including the fetching an incoming event triggers. Reads never wait.
@@ -252,6 +254,10 @@ class RoomEngine:
         self._fetches = 0
         # State group -> servers joined in it (groups never change once stored).
         self._joined_in_group: dict[int, frozenset[str]] = {}
+        # Which servers a stored local event is pushed to (the federation's
+        # bounded fan-out): it is queued only for those of its destinations.
+        # None (no federation: tests, LocalNetwork) queues it for all of them.
+        self.push_filter: Callable[[Event], Collection[str]] | None = None
 
     def _lock(self, room_id: str) -> trio.Lock:
         lock = self._locks.get(room_id)
@@ -1054,6 +1060,9 @@ class RoomEngine:
             if delta:  # it came after accepted events that follow it (see _advance_room)
                 position = meta.stream_ordering or store.max_stream_ordering()
                 updates.append(RoomUpdate(room_id, None, position, delta))
+        if destinations and self.push_filter is not None:
+            # After insert_event: the filter reads the state before the event.
+            destinations = [d for d in self.push_filter(event) if d in destinations]
         if destinations:
             store.outbound.enqueue_pdu(destinations, meta.nid)
         return meta, updates

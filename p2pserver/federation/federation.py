@@ -123,6 +123,7 @@ class Federation:
             backoff_initial=config.backoff_initial,
             backoff_max=config.backoff_max,
         )
+        engine.push_filter = self.sender.own_targets
         self.sync = RoomSync(
             engine,
             client,

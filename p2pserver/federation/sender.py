@@ -16,10 +16,12 @@ Rules:
   in queue order, at most 50 PDUs and 100 EDUs per transaction, one
   transaction at a time, each with a fresh transaction ID.
 - Bounded fan-out (:mod:`p2pserver.federation.fanout`): the engine queues
-  our events for every joined server; the worker sends one of our events
-  to a destination only if the destination is among our push targets for
-  it, and drops the item otherwise (others relay it, or pulls fetch it).
-  Relayed items were chosen when queued and are always sent. Targets come
+  our events only for those joined servers that are our push targets for
+  them (:meth:`FederationSender.own_targets`, installed as the engine's
+  ``push_filter``; the others get them by relay or pull). The worker
+  checks again before sending one of our events, and drops an item whose
+  destination is not a push target (one queued by an engine without the
+  filter). Relayed items were chosen when queued and are always sent. Targets come
   from the servers joined in the state before the event (a membership
   event adds its target's), never the current ones: every server joined
   when an event was sent is owed it, even if it has left or been kicked
@@ -329,7 +331,14 @@ class FederationSender:
             if event.origin != self.server_name:
                 wanted.append(pdu)  # a relay: its targets were chosen when queued
                 continue
-            servers = self._servers_at(event)
-            if destination in push_targets(event, self.server_name, servers, self.fanout):
+            if destination in self.own_targets(event):
                 wanted.append(pdu)
         return wanted
+
+    def own_targets(self, event: Event) -> list[str]:
+        """The servers we push one of our own stored events to (its tree's children of ours).
+
+        The engine queues our events only for these (see :attr:`RoomEngine.push_filter`),
+        so an event costs its origin O(fanout) queue items, not one per joined server.
+        """
+        return push_targets(event, self.server_name, self._servers_at(event), self.fanout)
