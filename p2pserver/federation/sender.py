@@ -215,10 +215,10 @@ class FederationSender:
                 )
                 if batch is None:
                     return  # no await since peek: a later enqueue wakes a new worker
-                pdus = self._wanted(destination, batch.pdus)
-                self.pdus_skipped += len(batch.pdus) - len(pdus)
-                if (pdus or batch.edus) and not await self._send(
-                    destination, batch.last_position, pdus, batch.edus
+                wanted = self._wanted(destination, batch.pdus, batch.event_ids)
+                self.pdus_skipped += len(batch.pdus) - len(wanted)
+                if (wanted or batch.edus) and not await self._send(
+                    destination, batch.last_position, wanted, batch.edus
                 ):
                     continue  # backing off; the batch stays queued
                 self.store.outbound.ack(destination, batch.last_position)
@@ -235,10 +235,11 @@ class FederationSender:
         self,
         destination: str,
         position: int,
-        pdus: list[dict[str, Any]],
+        wanted: list[tuple[dict[str, Any], Event]],
         edus: list[dict[str, Any]],
     ) -> bool:
         """One transaction; True when the batch is done with (delivered or dropped)."""
+        pdus = [pdu for pdu, _ in wanted]
         # A retry of the same batch keeps its transaction ID (the spec's
         # idempotency); a changed batch gets a new one.
         pending = self._txn_of.get(destination)
@@ -277,10 +278,8 @@ class FederationSender:
         self.transactions_sent += 1
         self.pdus_sent += len(pdus)
         by_room: dict[str, list[str]] = {}
-        for pdu in pdus:
-            event = self._event(pdu)
-            if event is not None:
-                by_room.setdefault(event.room_id, []).append(event.event_id)
+        for _, event in wanted:
+            by_room.setdefault(event.room_id, []).append(event.event_id)
         for room_id, event_ids in by_room.items():
             self.knowledge.record(destination, room_id, event_ids)
         logger.debug("sent %d PDUs, %d EDUs to %s", len(pdus), len(edus), destination[:8])
@@ -306,10 +305,11 @@ class FederationSender:
 
     # -- choosing what to send ------------------------------------------------------------
 
-    def _event(self, pdu: Mapping[str, Any]) -> Event | None:
-        # Our own store's PDUs: the format was checked when they were stored.
+    def _event(self, pdu: Mapping[str, Any], event_id: str) -> Event | None:
+        # Our own store's PDUs, with the IDs it stores them by: the format
+        # and the ID were checked when they were stored.
         version = pdu_room_version(self.store, pdu)
-        return Event(pdu, version) if version is not None else None
+        return Event(pdu, version, event_id=event_id) if version is not None else None
 
     def _servers_at(self, event: Event) -> Collection[str]:
         """The servers joined when the event was sent (its tree's members).
@@ -321,18 +321,20 @@ class FederationSender:
         servers = self.engine.joined_servers_at(event.event_id)
         return servers if servers is not None else room_servers(self.store, event.room_id)
 
-    def _wanted(self, destination: str, pdus: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The PDUs of a batch that ``destination`` should get from us."""
+    def _wanted(
+        self, destination: str, pdus: Iterable[dict[str, Any]], event_ids: Iterable[str]
+    ) -> list[tuple[dict[str, Any], Event]]:
+        """The PDUs of a batch (and their events) that ``destination`` should get from us."""
         wanted = []
-        for pdu in pdus:
-            event = self._event(pdu)
+        for pdu, event_id in zip(pdus, event_ids, strict=True):
+            event = self._event(pdu, event_id)
             if event is None:
                 continue
             if event.origin != self.server_name:
-                wanted.append(pdu)  # a relay: its targets were chosen when queued
+                wanted.append((pdu, event))  # a relay: its targets were chosen when queued
                 continue
             if destination in self.own_targets(event):
-                wanted.append(pdu)
+                wanted.append((pdu, event))
         return wanted
 
     def own_targets(self, event: Event) -> list[str]:

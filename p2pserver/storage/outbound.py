@@ -37,6 +37,8 @@ class OutboundBatch:
     destination: str
     pdus: list[dict[str, Any]] = field(default_factory=list)
     edus: list[dict[str, Any]] = field(default_factory=list)
+    # The stored event ID of each of ``pdus`` (so the sender need not hash them).
+    event_ids: list[str] = field(default_factory=list)
     # The queue position to pass to ack() once the destination took it.
     last_position: int = 0
 
@@ -111,16 +113,17 @@ class OutboundQueue:
         batch = OutboundBatch(destination)
         last = 0
         rows = self.db.query(
-            """SELECT q.queue_nid, e.pdu, q.edu FROM outbound_queue q
+            """SELECT q.queue_nid, e.pdu, e.event_id, q.edu FROM outbound_queue q
                LEFT JOIN events e ON e.event_nid = q.event_nid
                WHERE q.destination = ? ORDER BY q.queue_nid LIMIT ?""",
             (destination, max_pdus + max_edus),
         )
-        for position, pdu, edu in rows:
+        for position, pdu, event_id, edu in rows:
             if pdu is not None:
                 if len(batch.pdus) == max_pdus:
                     break
                 batch.pdus.append(json.loads(pdu))
+                batch.event_ids.append(event_id)
             else:
                 if len(batch.edus) == max_edus:
                     break
@@ -128,7 +131,9 @@ class OutboundQueue:
             last = position
         if not last:
             return None
-        return OutboundBatch(destination, batch.pdus, batch.edus, last)
+        return OutboundBatch(
+            destination, batch.pdus, batch.edus, event_ids=batch.event_ids, last_position=last
+        )
 
     def ack(self, destination: str, up_to: int) -> None:
         """Forget everything queued for ``destination`` up to position ``up_to``."""
