@@ -19,6 +19,9 @@ deepest first, per room):
   otherwise (see :mod:`.server` for what it may then fetch).
 - Each side then fetches the heads it does not hold from the other (below).
   So one request lets both catch up.
+- Holding the same events is not always enough to resolve the same state
+  (a soft-failed event is never a forward extremity): the requester may
+  then merge its extremities with a new event (:mod:`.merging`).
 
 When exchanges happen:
 
@@ -84,6 +87,7 @@ from p2pserver.federation import protocol as p
 from p2pserver.federation.client import FederationClient, FederationError
 from p2pserver.federation.fanout import DEFAULT_FANOUT
 from p2pserver.federation.knowledge import PeerKnowledge
+from p2pserver.federation.merging import ExtremityMerger
 from p2pserver.federation.view import (
     has_dag,
     held_in_dag,
@@ -136,6 +140,7 @@ class RoomSync:
         self.client = client
         self.network = network
         self.knowledge = knowledge or PeerKnowledge()
+        self.merger = ExtremityMerger(engine)
         self.fanout = fanout
         self.sync_interval = sync_interval
         self.announce_delay = announce_delay
@@ -259,6 +264,8 @@ class RoomSync:
                 continue
             self.knowledge.record(peer, room_id, heads)
             pulled += await self.catch_up(peer, room_id, heads)
+            if self.merger.observe(peer, room_id, heads):
+                await self.merger.merge(room_id)
         return pulled
 
     async def handle_room_heads(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:
