@@ -150,6 +150,10 @@ class Store:
         # keeps it): reserved positions must never be handed out twice.
         self._history_floor: int | None = None
         self._extremities: dict[str, tuple[str, ...]] = {}
+        # Room -> servers with a member joined (current state): read per
+        # event by the federation (fan-out, sync), written only on a
+        # membership change. Kept as a frozenset; callers get copies.
+        self._joined: dict[str, frozenset[str]] = {}
         db.on_rollback(self.clear_caches)
 
     @classmethod
@@ -173,6 +177,7 @@ class Store:
         self._events.clear()
         self._stream = None
         self._extremities.clear()
+        self._joined.clear()
         self.state_groups.clear_caches()
         self.auth_chains.clear_caches()
 
@@ -821,22 +826,26 @@ class Store:
             "UPDATE rooms SET current_state_group = ? WHERE room_id = ?", (group, room_id)
         )
         self._rooms.pop(room_id, None)
+        if server_change:
+            self._joined.pop(room_id, None)
         return delta
 
     def joined_servers(self, room_id: str) -> set[str]:
-        return {
-            r[0]
-            for r in self.db.query(
-                "SELECT server_name FROM joined_servers WHERE room_id = ?", (room_id,)
-            )
-        }
+        return set(self._joined_servers(room_id))
 
     def server_joined(self, room_id: str, server_name: str) -> bool:
-        row = self.db.query_one(
-            "SELECT 1 FROM joined_servers WHERE room_id = ? AND server_name = ?",
-            (room_id, server_name),
-        )
-        return row is not None
+        return server_name in self._joined_servers(room_id)
+
+    def _joined_servers(self, room_id: str) -> frozenset[str]:
+        servers = self._joined.get(room_id)
+        if servers is None:
+            servers = self._joined[room_id] = frozenset(
+                r[0]
+                for r in self.db.query(
+                    "SELECT server_name FROM joined_servers WHERE room_id = ?", (room_id,)
+                )
+            )
+        return servers
 
     def server_invited(self, room_id: str, server_name: str) -> bool:
         """Whether a user of ``server_name`` is invited to the room (current state)."""
