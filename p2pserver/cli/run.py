@@ -79,8 +79,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+# glibc's malloc.h
+M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas() -> None:
+    """Let every thread allocate from glibc's main arena (elsewhere a no-op).
+
+    glibc gives each thread that allocates its own arena (up to 8 per core),
+    and the node's threads (libp2p's import in a worker thread, mDNS) would
+    each keep one, partly free. Python allocates under the GIL and those
+    threads are few and mostly idle, so sharing one arena costs no
+    measurable contention: ~0.5 MiB of idle RSS. Must run before they start.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt(M_ARENA_MAX, 1)
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT, stream=sys.stderr)
+    limit_malloc_arenas()
     from p2pserver.node.node import node_from_options
 
     try:

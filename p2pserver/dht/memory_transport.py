@@ -1,7 +1,7 @@
 """An in-memory libp2p transport: many hosts in one process, no sockets.
 
 py-libp2p 0.8.1 has no memory transport. This one plugs into ``new_host(transports=[...])``
-(:func:`p2pserver.transport.libp2p_slim.new_host`):
+(:func:`p2pserver.transport.libp2p_network.new_host`):
 addresses look like ``/memory/<n>``, a dial makes a ``trio.testing.memory_stream_pair``
 and hands one end to the listener. Noise and Yamux run on top as over TCP,
 so everything above the socket layer is the real stack. It needs no
@@ -25,7 +25,7 @@ import trio
 import trio.testing
 
 # Before any libp2p import (see p2pserver.transport.libp2p_slim).
-from p2pserver.transport import libp2p_slim
+from p2pserver.transport import libp2p_slim  # noqa: F401
 
 # isort: split
 
@@ -41,7 +41,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from p2pserver.rooms.signing import SigningKey
-from p2pserver.transport.libp2p_network import keypair_from_signing_key
+from p2pserver.transport.libp2p_network import keypair_from_signing_key, new_host
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -154,7 +154,7 @@ def new_memory_host(signing_key: SigningKey, hub: MemoryTransportHub) -> IHost:
     and ``await host.close()`` afterwards.
     """
     keypair = keypair_from_signing_key(signing_key)
-    return libp2p_slim.new_host(
+    return new_host(
         keypair,
         sec_opt={
             NOISE_ID: NoiseTransport(keypair, noise_privkey=new_x25519_key_pair().private_key)

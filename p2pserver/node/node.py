@@ -71,6 +71,24 @@ BOOTSTRAP_RETRY_INITIAL = 2.0
 BOOTSTRAP_RETRY_MAX = 60.0
 
 
+def release_freed_memory() -> None:
+    """Return the memory freed during start-up to the OS (glibc's malloc_trim; elsewhere a no-op).
+
+    Start-up imports ~850 modules (libp2p in a worker thread) and compiles
+    and discards a lot on the way; glibc keeps such freed memory for reuse
+    unless asked. Once, after start-up: ~1.2 MiB of idle RSS, and the heap
+    grows again as needed.
+    """
+    import ctypes
+
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+
+
 def parse_bootstrap(address: str) -> tuple[str, str]:
     """``(server_name, address)`` for a ``.../p2p/<PeerID>`` multiaddr; ConfigError otherwise.
 
@@ -248,6 +266,7 @@ class Node:
                         client_api.url,
                         " ".join(self.listen_addresses()),
                     )
+                    release_freed_memory()
                     task_status.started()
                     try:
                         await trio.sleep_forever()

@@ -75,22 +75,29 @@ import trio
 
 # Before any libp2p import: importing libp2p_slim makes libp2p load only the
 # modules we use (see its docstring).
-from p2pserver.transport import libp2p_slim
+from p2pserver.transport import libp2p_slim  # noqa: F401
 
 # isort: split
 
-from libp2p.abc import IHost, INetConn, INetStream, INotifee
+from libp2p.abc import IHost, INetConn, INetStream, INotifee, ITransport
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair, KeyType
 from libp2p.crypto.x25519 import create_new_key_pair as new_x25519_key_pair
-from libp2p.custom_types import TProtocol
+from libp2p.custom_types import TMuxerOptions, TProtocol, TSecurityOptions
+from libp2p.host.basic_host import BasicHost
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
+from libp2p.peer.peerstore import PeerStore
+from libp2p.rcmgr.manager import new_resource_manager
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.transport.manager import TransportManager
+from libp2p.transport.tcp.tcp import TCP
+from libp2p.transport.upgrader import TransportUpgrader
 
 from p2pserver.identity import peer_id_from_public_key
 from p2pserver.rooms.signing import SigningKey, server_name_verify_key
@@ -175,6 +182,42 @@ def server_name_for_peer_id(peer_id: ID) -> str | None:
         return None
     raw = key.to_bytes()
     return raw.hex() if len(raw) == 32 else None
+
+
+def new_host(
+    key_pair: KeyPair,
+    *,
+    sec_opt: TSecurityOptions,
+    muxer_opt: TMuxerOptions,
+    connection_config: ConnectionConfig,
+    transports: Sequence[ITransport] | None = None,
+) -> IHost:
+    """What ``libp2p.new_host`` builds for these arguments (TCP unless ``transports``).
+
+    The steps of py-libp2p 0.8.1's ``new_host``/``new_swarm`` with no QUIC,
+    mDNS, UPnP, AutoTLS, metrics or bootstrap: a peerstore holding our key
+    pair, an upgrader with the given security and muxer options, a swarm,
+    the default resource manager and a BasicHost. (``libp2p.new_host`` lives
+    in the package initialiser that libp2p_slim skips;
+    tests/transport/test_libp2p_slim.py checks both build the same host.)
+    """
+    peer_id = ID.from_pubkey(key_pair.public_key)
+    peerstore = PeerStore()
+    peerstore.add_key_pair(peer_id, key_pair)
+    upgrader = TransportUpgrader(
+        secure_transports_by_protocol=sec_opt, muxer_transports_by_protocol=muxer_opt
+    )
+    swarm = Swarm(
+        peer_id,
+        peerstore,
+        upgrader,
+        transports=list(transports) if transports is not None else [TCP()],
+        connection_config=connection_config,
+        transport_manager=TransportManager(port_demuxers={}),
+    )
+    resource_manager = new_resource_manager()
+    swarm.set_resource_manager(resource_manager)
+    return BasicHost(network=swarm, resource_manager=resource_manager)
 
 
 # --- addresses --------------------------------------------------------------------
@@ -437,7 +480,7 @@ class Libp2pNetwork(Network):
         if self._host is not None:
             raise RuntimeError("this network is already running")
         keypair = keypair_from_signing_key(self._signing_key)
-        host = libp2p_slim.new_host(
+        host = new_host(
             keypair,
             sec_opt={
                 NOISE_ID: NoiseTransport(keypair, noise_privkey=new_x25519_key_pair().private_key)

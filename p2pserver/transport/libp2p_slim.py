@@ -7,77 +7,122 @@ nearly everything: QUIC (aioquic, pyOpenSSL), WebSocket, TLS and AutoTLS
 full node paid ~1,180 modules and ~55 MiB of its idle RSS for that, while it
 uses TCP + Noise + Yamux, the host and the Kademlia DHT.
 
-How. :func:`install` puts an import finder in front of ``sys.meta_path``
-that loads every *package* under ``libp2p`` without executing its
-``__init__.py`` (the package's directory is searched for submodules as
-usual). Modules themselves load unchanged, so what the node imports is the
-real, unmodified py-libp2p code; only the aggregating ``__init__`` files
-are skipped. A package's own names stay reachable: the first access to one
-that is not a submodule (``from libp2p import new_host``,
+Bare packages. :func:`install` puts an import finder in front of
+``sys.meta_path`` that loads every *package* under ``libp2p`` without
+executing its ``__init__.py`` (the package's directory is searched for
+submodules as usual). Modules load from their own files, so what the node
+runs is py-libp2p's code; only the aggregating ``__init__`` files are
+skipped. A package's own names stay reachable: the first access to one that
+is not a submodule (``from libp2p import new_host``,
 ``libp2p.rcmgr.ResourceManager``) runs the real ``__init__.py`` at that
-moment, after which the package is what a normal import leaves.
-Dunder lookups (``__warningregistry__``, ``__wrapped__``, ...) never do, so
+moment, after which the package is what a normal import leaves. Dunder
+lookups (``__warningregistry__``, ``__wrapped__``, ...) never do, so
 introspection does not pull the library in.
 
-A few modules the node needs import, by name, things only optional
-features call: BasicHost imports mDNS (zeroconf), UPnP, bootstrap and
-AutoTLS (requests) support; key deserialisation imports RSA (pycryptodome,
-cffi) and secp256k1 (coincurve); ``custom_types`` imports QUIC (aioquic,
-pyOpenSSL) for a type alias. :data:`DEFERRED` lists these names. Such a
-module is compiled from its source with those ``from X import name``
-statements replaced by ``name = <deferred X.name>``: a stand-in that
-imports X when it (or an attribute of it) is called, so the feature works
-the moment it is used. This is sound only where the module does nothing
-with the name but call it (or name it in an annotation or type alias);
-tests/transport/test_libp2p_slim.py checks exactly that in the installed
-source, and if an expected import is not found the module loads unchanged.
+Deferred names. Some modules the node needs import, by name, things only
+optional features use: BasicHost imports mDNS (zeroconf), UPnP, bootstrap,
+AutoTLS (requests, x509) support; the swarm imports private-network PSK
+(pycryptodome, cffi); the swarm and TCP transport import a DNS resolver
+(dnspython, and through it aioquic) for /dns addresses, which the node
+never dials; metrics and the resource manager import prometheus_client;
+key deserialisation imports RSA (pycryptodome) and secp256k1 (coincurve);
+``custom_types`` imports QUIC (aioquic, pyOpenSSL) and pubsub for type
+aliases; the Kademlia module imports provider-record CIDs and random walks
+(our DHT uses neither); libp2p's service framework imports anyio for its
+asyncio flavour (the swarm runs the trio one). :data:`DEFERRED` lists
+these names. Such a module is compiled from its source with those
+``from X import name`` (or ``import X``) statements replaced by
+``name = <stand-in for X.name>``, and X is imported when the stand-in is
+called, or when an attribute of it is read after the module has loaded, so
+a feature works the moment it is used. That is sound only where the module
+does nothing else with the name (``isinstance``, ``except``, a base class,
+passing it around would see the stand-in): tests/transport/test_libp2p_slim.py
+checks each use in the installed source. If an expected import is missing
+(another py-libp2p), the module loads unchanged. The compiled code is cached
+beside the module's .pyc. One call is deferred too (:data:`LAZY_CALLS`):
+the DNS resolver every swarm builds and never uses.
+
+Nothing the node runs on (TCP, Noise, Yamux, identify, ping, the resource
+manager, Kademlia) is deferred: those modules load as soon as libp2p_network
+and dht.service are imported.
 
 Rules: importing this module installs the finder, so import it before any
-libp2p module (``libp2p_network`` and ``dht.service`` do, above an
-``# isort: split``); if libp2p was already imported normally,
-:func:`install` does nothing and everything still works, only heavier. Build hosts with :func:`new_host` (``libp2p.new_host`` lives in
-the package initialiser that this module avoids). tests/transport/test_libp2p_slim.py
-checks that the node's imports stay free of the heavy subsystems, that every
-package initialiser still completes on demand and that :func:`new_host`
-builds what ``libp2p.new_host`` does.
+libp2p module (``libp2p_network``, ``dht.service`` and
+``dht.memory_transport`` do, above an ``# isort: split``); if libp2p was
+already imported normally, :func:`install` does nothing and everything
+still works, only heavier. Hosts come from ``libp2p_network.new_host``
+(``libp2p.new_host`` lives in the package initialiser skipped here).
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import logging
+import marshal
 import os
 import sys
 import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
 
-    from libp2p.abc import IHost, ITransport
-    from libp2p.crypto.keys import KeyPair
-    from libp2p.custom_types import TMuxerOptions, TSecurityOptions
-    from libp2p.network.config import ConnectionConfig
-
 logger = logging.getLogger(__name__)
 
 _ROOT = "libp2p"
 
-# importer -> {module -> names it imports from there that only optional features call}
+# importer -> {module -> names imported from it that only optional features use;
+# "" for ``import module`` itself}
 DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
     "libp2p.host.basic_host": {
+        "cryptography": ("x509",),  # AutoTLS certificates
+        "cryptography.x509.oid": ("ExtensionOID",),
         "libp2p.discovery.bootstrap.bootstrap": ("BootstrapDiscovery",),
         "libp2p.discovery.mdns.mdns": ("MDNSDiscovery", "create_mdns_discovery"),
         "libp2p.discovery.upnp.upnp": ("UpnpManager",),
         "libp2p.security.tls.autotls.acme": ("ACMEClient", "compute_b36_peer_id"),
         "libp2p.security.tls.autotls.broker": ("BrokerClient",),
     },
-    "libp2p.custom_types": {"libp2p.transport.quic.stream": ("QUICStream",)},
+    "libp2p.network.swarm": {
+        "libp2p.security.pnet.protector": ("new_protected_conn",),
+        "multiaddr.resolvers": ("DNSResolver",),  # see LAZY_CALLS
+    },
+    # dnspython (~60 modules; with aioquic installed also QUIC and pyOpenSSL for
+    # DNS-over-QUIC): only to dial /dns, /dns4, /dns6 and /dnsaddr addresses.
+    "libp2p.transport.tcp.tcp": {"multiaddr.resolvers": ("DNSResolver",)},
+    "libp2p.utils.dns_utils": {"multiaddr.resolvers": ("DNSResolver",)},
+    "libp2p.metrics.swarm": {"prometheus_client": ("Counter",)},
+    "libp2p.rcmgr.manager": {
+        "libp2p.rcmgr.prometheus_exporter": ("PrometheusExporter", "create_prometheus_exporter")
+    },
+    "libp2p.custom_types": {
+        "libp2p.transport.quic.stream": ("QUICStream",),
+        "libp2p.pubsub.pb": ("rpc_pb2",),  # a type alias of pubsub's
+    },
+    # anyio: for the asyncio flavour of libp2p's services; the swarm runs on trio
+    "libp2p.tools.anyio_service.api": {
+        "anyio": ("",),
+        "anyio.streams.memory": ("MemoryObjectSendStream",),
+    },
+    "libp2p.tools.anyio_service.context": {"anyio": ("",)},
+    "libp2p.tools.anyio_service.manager": {
+        "anyio": ("", "TaskInfo"),
+        "anyio.abc": ("TaskGroup",),
+    },
+    "libp2p.tools.anyio_service.tasks": {"anyio": ("", "TaskInfo")},
+    # provider records (CIDs) and random-walk refreshes: our DHT uses neither
+    "libp2p.kad_dht.kad_dht": {
+        "libp2p.bitswap.cid": ("parse_cid",),
+        "libp2p.discovery.random_walk.rt_refresh_manager": ("RTRefreshManager",),
+    },
     "libp2p.crypto.serialization": {
         "libp2p.crypto.rsa": ("RSAPrivateKey", "RSAPublicKey"),
         "libp2p.crypto.secp256k1": ("Secp256k1PrivateKey", "Secp256k1PublicKey"),
@@ -95,9 +140,17 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
         "libp2p.crypto.secp256k1": ("Secp256k1PublicKey",),
     },
 }
-_DEFERRED_FACTORY = "__p2pserver_deferred__"
+# (importer, name) whose call gives an object built only when first used: every
+# Swarm builds a DNS resolver into ``swarm.dns_resolver``, which nothing reads
+# (the TCP transport makes its own for each /dns dial).
+LAZY_CALLS = {("libp2p.network.swarm", "DNSResolver")}
+_STAND_IN = "__p2pserver_stand_in__"
+_CACHE_SUFFIX = ".p2pserver-slim.pyc"
 # One lock for every completion: a package initialiser may import another.
 _completing = threading.RLock()
+
+
+# --- bare packages -------------------------------------------------------------------
 
 
 def _is_submodule(package: ModuleType, name: str) -> bool:
@@ -139,57 +192,116 @@ class _BarePackageLoader(importlib.abc.Loader):
         module.__dict__["__getattr__"] = __getattr__
 
 
-class _Deferred:
-    """Stands for ``module.path`` until called; then imports the module and calls the real thing."""
+def is_bare(package: str) -> bool:
+    """Whether ``package`` is loaded and its ``__init__.py`` has not run (for tests)."""
+    module = sys.modules.get(package)
+    getattr_ = module.__dict__.get("__getattr__") if module is not None else None
+    return getattr(getattr_, "__qualname__", "").startswith("_BarePackageLoader.")
 
-    __slots__ = ("_module", "_path")
 
-    def __init__(self, module: str, path: str) -> None:
+# --- deferred names ------------------------------------------------------------------
+
+
+class _StandIn:
+    """Stands for ``module.path``; imports the module when called or when an attribute is read.
+
+    While the importing module is still executing, attribute reads give
+    stand-ins too, so a module-level table of ``Name.method`` entries stays
+    deferred until an entry is called.
+    """
+
+    __slots__ = ("_module", "_path", "_importing", "_lazy_call")
+
+    def __init__(
+        self, module: str, path: str, importing: list[bool], lazy_call: bool = False
+    ) -> None:
         self._module = module
         self._path = path
+        self._importing = importing  # [True] while the importing module executes
+        self._lazy_call = lazy_call
 
     def resolve(self) -> Any:
         obj: Any = importlib.import_module(self._module)
-        for part in self._path.split("."):
+        for part in filter(None, self._path.split(".")):
             obj = getattr(obj, part)
         return obj
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._lazy_call:
+            return _LazyResult(self, args, kwargs)
         return self.resolve()(*args, **kwargs)
 
-    def __getattr__(self, name: str) -> _Deferred:
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        return _Deferred(self._module, f"{self._path}.{name}")
+        if self._importing[0]:
+            path = f"{self._path}.{name}" if self._path else name
+            return _StandIn(self._module, path, self._importing)
+        return getattr(self.resolve(), name)
 
     def __repr__(self) -> str:
-        return f"<deferred {self._module}.{self._path}>"
+        return f"<stand-in for {'.'.join(filter(None, (self._module, self._path)))}>"
 
 
-def _defer_imports(tree: ast.Module, deferred: dict[str, tuple[str, ...]]) -> bool:
-    """Replace the module-level ``from X import name`` of each deferred name; False if one is missing."""
+class _LazyResult:
+    """What calling a LAZY_CALLS stand-in gives: the real call is made when an attribute is read."""
+
+    __slots__ = ("_call", "_lock", "_value")
+
+    def __init__(self, stand_in: _StandIn, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self._call = (stand_in, args, kwargs)
+        self._lock = threading.Lock()
+        self._value: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        with self._lock:
+            if self._value is None:
+                stand_in, args, kwargs = self._call
+                self._value = stand_in.resolve()(*args, **kwargs)
+        return getattr(self._value, name)
+
+
+def _absolute(stmt: ast.ImportFrom, package: str) -> str:
+    """The module a ``from ... import`` statement in ``package`` names."""
+    if stmt.level == 0:
+        return stmt.module or ""
+    base = package.rsplit(".", stmt.level - 1)[0] if stmt.level > 1 else package
+    return f"{base}.{stmt.module}" if stmt.module else base
+
+
+def _stand_in(source: str, name: str, target: str, stmt: ast.stmt) -> ast.stmt:
+    """``target = <stand-in for source.name>`` (the module itself when ``name`` is empty)."""
+    call = ast.Call(ast.Name(_STAND_IN, ast.Load()), [ast.Constant(source), ast.Constant(name)], [])
+    return ast.copy_location(ast.Assign([ast.Name(target, ast.Store())], call), stmt)
+
+
+def _defer_imports(tree: ast.Module, deferred: dict[str, tuple[str, ...]], package: str) -> bool:
+    """Replace the module-level imports of the deferred names by stand-ins; False if one is missing."""
     wanted = {(source, name) for source, names in deferred.items() for name in names}
     found: set[tuple[str, str]] = set()
     body: list[ast.stmt] = []
     for stmt in tree.body:
-        if not (isinstance(stmt, ast.ImportFrom) and stmt.level == 0 and stmt.module in deferred):
+        if isinstance(stmt, ast.Import):  # import X [as Y]: name "" stands for X itself
+            for alias in stmt.names:
+                if (alias.name, "") in wanted and "." not in alias.name:
+                    found.add((alias.name, ""))
+                    body.append(_stand_in(alias.name, "", alias.asname or alias.name, stmt))
+                else:
+                    body.append(ast.copy_location(ast.Import([alias]), stmt))
+            continue
+        source = _absolute(stmt, package) if isinstance(stmt, ast.ImportFrom) else ""
+        if not isinstance(stmt, ast.ImportFrom) or source not in deferred:
             body.append(stmt)
             continue
-        source = stmt.module
         kept = [a for a in stmt.names if (source, a.name) not in wanted]
         if kept:
-            body.append(ast.copy_location(ast.ImportFrom(source, kept, 0), stmt))
+            body.append(ast.copy_location(ast.ImportFrom(stmt.module, kept, stmt.level), stmt))
         for alias in stmt.names:
-            if (source, alias.name) not in wanted:
-                continue
-            found.add((source, alias.name))
-            stand_in = ast.Call(
-                ast.Name(_DEFERRED_FACTORY, ast.Load()),
-                [ast.Constant(source), ast.Constant(alias.name)],
-                [],
-            )
-            target = ast.Name(alias.asname or alias.name, ast.Store())
-            body.append(ast.copy_location(ast.Assign([target], stand_in), stmt))
+            if (source, alias.name) in wanted:
+                found.add((source, alias.name))
+                body.append(_stand_in(source, alias.name, alias.asname or alias.name, stmt))
     tree.body = body
     ast.fix_missing_locations(tree)
     return found == wanted
@@ -206,28 +318,81 @@ class _DeferringLoader(importlib.abc.Loader):
         return self.real.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        # Already imported for real: nothing to save by deferring it.
-        deferred = {s: n for s, n in self.deferred.items() if s not in sys.modules}
-        source = self.real.get_source(module.__name__) if deferred else None
-        tree = ast.parse(source, module.__file__ or "<libp2p>") if source else None
-        if tree is None or not _defer_imports(tree, deferred):
-            if deferred:
-                logger.debug("%s: deferred imports not found, loading as is", module.__name__)
+        # Names already imported for real: nothing to save by deferring them.
+        deferred = {}
+        for origin, names in self.deferred.items():
+            loaded = sys.modules.get(origin)
+            left = tuple(n for n in names if loaded is None or n and n not in loaded.__dict__)
+            if left:
+                deferred[origin] = left
+        code = self._code(module, deferred) if deferred else None
+        if code is None:
             self.real.exec_module(module)
             return
-        code = compile(tree, module.__file__ or "<libp2p>", "exec", dont_inherit=True)
-        module.__dict__[_DEFERRED_FACTORY] = _Deferred
+        importing = [True]
+        importer = module.__name__
+        module.__dict__[_STAND_IN] = lambda source, name: _StandIn(
+            source, name, importing, (importer, name) in LAZY_CALLS
+        )
         try:
             exec(code, module.__dict__)
         finally:
-            module.__dict__.pop(_DEFERRED_FACTORY, None)
+            importing[0] = False
+            module.__dict__.pop(_STAND_IN, None)
+
+    def _code(self, module: ModuleType, deferred: dict[str, tuple[str, ...]]) -> Any:
+        """The module's code with ``deferred`` imports replaced; None if they are not all there.
+
+        Compiled code is cached beside the module's own .pyc, as pytest does
+        for rewritten tests: compiling swarm.py from source costs ~3 MiB of
+        transient memory, ~1.5 MiB of which stays fragmented for good.
+        """
+        filename = module.__file__ or module.__name__
+        key = hashlib.sha256(
+            importlib.util.MAGIC_NUMBER + repr(sorted(deferred.items())).encode()
+        ).digest()[:16]
+        try:
+            stat = os.stat(filename)
+            stamp = (
+                key + stat.st_mtime_ns.to_bytes(8, "little") + stat.st_size.to_bytes(8, "little")
+            )
+            cache = importlib.util.cache_from_source(filename).removesuffix(".pyc") + _CACHE_SUFFIX
+        except (OSError, ValueError, NotImplementedError):
+            stamp, cache = b"", ""
+        if cache:
+            with suppress(OSError, ValueError, EOFError, TypeError):
+                with open(cache, "rb") as f:
+                    data = f.read()
+                if data.startswith(stamp):
+                    return marshal.loads(data[len(stamp) :])
+        source = self.real.get_source(module.__name__)
+        tree = ast.parse(source, filename) if source else None
+        if tree is None or not _defer_imports(tree, deferred, module.__name__.rpartition(".")[0]):
+            logger.debug("%s: deferred imports not found, loading as is", module.__name__)
+            return None
+        code = compile(tree, filename, "exec", dont_inherit=True)
+        del tree
+        if cache:  # best effort: a read-only install just compiles every time
+            tmp = f"{cache}.{os.getpid()}.tmp"
+            try:
+                os.makedirs(os.path.dirname(cache), exist_ok=True)
+                with open(tmp, "wb") as f:
+                    f.write(stamp + marshal.dumps(code))
+                os.replace(tmp, cache)
+            except OSError:
+                with suppress(OSError):
+                    os.unlink(tmp)
+        return code
 
 
-class _BarePackageFinder(importlib.abc.MetaPathFinder):
+# --- the finder ----------------------------------------------------------------------
+
+
+class _Libp2pFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname != _ROOT and not fullname.startswith(_ROOT + "."):
+        if fullname.split(".")[0] != _ROOT:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not spec.has_location:
@@ -239,84 +404,17 @@ class _BarePackageFinder(importlib.abc.MetaPathFinder):
         return spec  # any other module loads as usual
 
 
-_finder = _BarePackageFinder()
+_finder = _Libp2pFinder()
 
 
 def install() -> bool:
-    """Load libp2p's packages bare from now on; False if libp2p is already imported normally."""
+    """Load libp2p slim from now on; False if libp2p is already imported normally."""
     if _finder in sys.meta_path:
         return True
     if _ROOT in sys.modules:
         return False
     sys.meta_path.insert(0, _finder)
-    _no_dns_over_quic()
     return True
-
-
-def is_bare(package: str) -> bool:
-    """Whether ``package`` is loaded and its ``__init__.py`` has not run (for tests)."""
-    module = sys.modules.get(package)
-    getattr_ = module.__dict__.get("__getattr__") if module is not None else None
-    return getattr(getattr_, "__qualname__", "").startswith("_BarePackageLoader.")
-
-
-def _no_dns_over_quic() -> None:
-    """Tell dnspython that DNS-over-QUIC is unavailable.
-
-    libp2p's swarm and TCP transport hold a multiaddr DNS resolver (for
-    /dns addresses); dnspython imports aioquic and with it pyOpenSSL for
-    DNS-over-QUIC whenever aioquic is installed (~4 MiB), though nothing
-    here resolves over QUIC. ``dns._features.force`` is dnspython's switch
-    for this.
-    """
-    try:
-        import dns._features
-    except ImportError:
-        return
-    dns._features.force("doq", False)
-
-
-def new_host(
-    key_pair: KeyPair,
-    *,
-    sec_opt: TSecurityOptions,
-    muxer_opt: TMuxerOptions,
-    connection_config: ConnectionConfig,
-    transports: Sequence[ITransport] | None = None,
-) -> IHost:
-    """What ``libp2p.new_host`` builds for these arguments (TCP unless ``transports``).
-
-    The same steps as py-libp2p 0.8.1's ``new_host``/``new_swarm`` with no
-    QUIC, mDNS, UPnP, AutoTLS, metrics or bootstrap: a peerstore holding our
-    key pair, an upgrader with the given security and muxer options, a
-    swarm, the default resource manager and a BasicHost.
-    """
-    from libp2p.host.basic_host import BasicHost
-    from libp2p.network.swarm import Swarm
-    from libp2p.peer.id import ID
-    from libp2p.peer.peerstore import PeerStore
-    from libp2p.rcmgr.manager import new_resource_manager
-    from libp2p.transport.manager import TransportManager
-    from libp2p.transport.tcp.tcp import TCP
-    from libp2p.transport.upgrader import TransportUpgrader
-
-    peer_id = ID.from_pubkey(key_pair.public_key)
-    peerstore = PeerStore()
-    peerstore.add_key_pair(peer_id, key_pair)
-    upgrader = TransportUpgrader(
-        secure_transports_by_protocol=sec_opt, muxer_transports_by_protocol=muxer_opt
-    )
-    swarm = Swarm(
-        peer_id,
-        peerstore,
-        upgrader,
-        transports=list(transports) if transports is not None else [TCP()],
-        connection_config=connection_config,
-        transport_manager=TransportManager(port_demuxers={}),
-    )
-    resource_manager = new_resource_manager()
-    swarm.set_resource_manager(resource_manager)
-    return BasicHost(network=swarm, resource_manager=resource_manager)
 
 
 install()
