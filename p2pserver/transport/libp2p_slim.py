@@ -90,6 +90,7 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
         "libp2p.discovery.upnp.upnp": ("UpnpManager",),
         "libp2p.security.tls.autotls.acme": ("ACMEClient", "compute_b36_peer_id"),
         "libp2p.security.tls.autotls.broker": ("BrokerClient",),
+        "libp2p.relay.circuit_v2.nat": ("is_private_ip",),  # AutoTLS too
     },
     "libp2p.network.swarm": {
         "libp2p.security.pnet.protector": ("new_protected_conn",),
@@ -101,7 +102,10 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
     "libp2p.utils.dns_utils": {"multiaddr.resolvers": ("DNSResolver",)},
     "libp2p.metrics.swarm": {"prometheus_client": ("Counter",)},
     "libp2p.rcmgr.manager": {
-        "libp2p.rcmgr.prometheus_exporter": ("PrometheusExporter", "create_prometheus_exporter")
+        "libp2p.rcmgr.prometheus_exporter": ("PrometheusExporter", "create_prometheus_exporter"),
+        # off by default: connection pooling and per-subnet limits
+        "libp2p.rcmgr.connection_pool": ("ConnectionPool",),
+        "libp2p.rcmgr.cidr_limits": ("CIDRLimiter",),
     },
     "libp2p.custom_types": {
         "libp2p.transport.quic.stream": ("QUICStream",),
@@ -146,6 +150,7 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
 LAZY_CALLS = {("libp2p.network.swarm", "DNSResolver")}
 _STAND_IN = "__p2pserver_stand_in__"
 _CACHE_SUFFIX = ".p2pserver-slim.pyc"
+_CACHE_VERSION = b"1"  # bump when _defer_imports changes the code it produces
 # One lock for every completion: a package initialiser may import another.
 _completing = threading.RLock()
 
@@ -156,7 +161,9 @@ _completing = threading.RLock()
 def _is_submodule(package: ModuleType, name: str) -> bool:
     for directory in getattr(package, "__path__", ()):
         path = os.path.join(directory, name)
-        if os.path.isfile(path + ".py") or os.path.isdir(path):
+        if os.path.isdir(path) or any(
+            os.path.isfile(path + suffix) for suffix in importlib.machinery.all_suffixes()
+        ):
             return True
     return False
 
@@ -349,7 +356,7 @@ class _DeferringLoader(importlib.abc.Loader):
         """
         filename = module.__file__ or module.__name__
         key = hashlib.sha256(
-            importlib.util.MAGIC_NUMBER + repr(sorted(deferred.items())).encode()
+            _CACHE_VERSION + importlib.util.MAGIC_NUMBER + repr(sorted(deferred.items())).encode()
         ).digest()[:16]
         try:
             stat = os.stat(filename)

@@ -374,3 +374,28 @@ def test_dns_resolution_still_loads_on_demand() -> None:
         """
     )
     assert results == {"dns_before": False, "swarm_resolver": True, "tcp": True, "dns_utils": True}
+
+
+def test_rewritten_modules_are_cached_and_a_bad_cache_is_ignored() -> None:
+    spec = importlib.util.find_spec("libp2p.host.basic_host")
+    assert spec is not None and spec.origin is not None
+    cache = importlib.util.cache_from_source(spec.origin).removesuffix(".pyc")
+    cache += ".p2pserver-slim.pyc"
+    code = """
+        import json, sys
+        import p2pserver.transport.libp2p_network
+        from libp2p.host import basic_host
+        print(json.dumps({"stand_in": type(basic_host.create_mdns_discovery).__name__,
+                          "zeroconf": "zeroconf" in sys.modules}))
+        """
+    expected = {"stand_in": "_StandIn", "zeroconf": False}
+    assert run_python(code) == expected
+    with open(cache, "rb") as f:
+        good = f.read()
+    tmp = cache + ".test.tmp"
+    with open(tmp, "wb") as f:  # replaced whole, as the loader does: never half-written
+        f.write(b"not a cache")
+    os.replace(tmp, cache)
+    assert run_python(code) == expected  # compiled again
+    with open(cache, "rb") as f:
+        assert f.read() == good  # and cached again
