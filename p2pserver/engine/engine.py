@@ -1057,9 +1057,14 @@ class RoomEngine:
                 updates.append(RoomUpdate(room_id, event, meta.stream_ordering, delta, local))
         elif status != EventStatus.OUTLIER:
             delta = self._advance_room(event, meta)
-            if delta:  # it came after accepted events that follow it (see _advance_room)
+            soft_failed = (
+                event
+                if status == EventStatus.SOFT_FAILED and before.history_position is None
+                else None
+            )
+            if delta or soft_failed:  # delta: it came after accepted events that follow it
                 position = meta.stream_ordering or store.max_stream_ordering()
-                updates.append(RoomUpdate(room_id, None, position, delta))
+                updates.append(RoomUpdate(room_id, None, position, delta, soft_failed=soft_failed))
         if destinations and self.push_filter is not None:
             # After insert_event: the filter reads the state before the event.
             destinations = [d for d in self.push_filter(event) if d in destinations]

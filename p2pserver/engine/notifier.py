@@ -1,10 +1,12 @@
 """Telling the rest of the node that a room changed.
 
 Every event that enters a room's timeline (accepted, not soft-failed),
-every change of a room's current state, and every event we held stripped
-and now hold whole (``restored``: clients were shown the stripped copy),
-produces one :class:`RoomUpdate`, after its transaction committed. /sync and the federation sender build on
-this.
+every change of a room's current state, every event we held stripped and
+now hold whole (``restored``: clients were shown the stripped copy), and
+every new event of another server that we soft failed (``soft_failed``:
+the federation still passes it on, since no one can pull it) produces one
+:class:`RoomUpdate`, after its transaction committed. /sync and the
+federation sender build on this.
 
 Two ways to listen, neither of which spawns tasks:
 - :meth:`Notifier.add_listener`: a plain callback, called synchronously in
@@ -44,6 +46,8 @@ class RoomUpdate:
     local: bool = False
     # An event held stripped that is now held whole (the same event ID).
     restored: str | None = None
+    # A new event of another server that we soft failed: in the DAG, not the timeline.
+    soft_failed: Event | None = None
 
 
 Listener = Callable[[RoomUpdate], None]

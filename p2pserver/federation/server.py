@@ -28,7 +28,9 @@ own (one bad PDU never fails the rest), by the engine's
 ``receive_transaction`` (which fetches what comes before them as the spec
 says: ``/get_missing_events``, then the state at a gap); the answer maps
 each event ID to ``{}`` or ``{"error": reason}``. A PDU accepted here for the first time is
-relayed to our push targets (:meth:`FederationSender.relay`).
+relayed to our push targets (:meth:`FederationSender.relay`); one we soft
+failed is relayed by :class:`~p2pserver.federation.federation.Federation`
+(it does not enter the timeline, but others must still get it).
 
 Reads (``get_missing_events``, ``backfill``, ``state``...) are answered by
 the room engine's ``on_*`` methods, which apply history visibility; the

@@ -9,6 +9,7 @@ import trio
 from p2pserver.engine.engine import Forbidden
 from p2pserver.federation.fanout import EventTree
 from p2pserver.rooms.events import Event
+from p2pserver.storage.store import EventStatus
 
 from .conftest import CONFIG, cluster, run, shared_room, start_all, wait_until
 
@@ -141,6 +142,38 @@ def test_a_relay_that_pulled_an_event_passes_it_on_to_a_child_that_left():
             hub.set_link(a.server_name, first.server_name, up=True)
             await wait_until(lambda: first.has(message), timeout=60)
             await wait_until(lambda: second.has(message), timeout=60)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_relay_passes_on_an_event_it_soft_failed():
+    """fanout 1: c's message goes c -> first -> second. c was kicked, and first
+    knows it, so first soft fails the message; second can only get it from
+    first, since nobody can pull a soft-failed event (found by the converge
+    fuzzer, seed 16)."""
+
+    async def main():
+        config = dataclasses.replace(CONFIG, fanout=1)
+        hub, (a, b, c) = cluster(3, config=config)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            nodes = {n.server_name: n for n in (a, b, c)}
+            hub.partition([c.server_name], [a.server_name, b.server_name])
+            kick = await a.engine.kick(room_id, a.user("u0"), c.user("u2"))
+            await wait_until(lambda: b.has(kick))
+            message = await c.engine.send_message(room_id, c.user("u2"), {"body": "late"})
+            order = EventTree(message, c.server_name, c.store.joined_servers(room_id)).order()
+            first, second = nodes[order[1]], nodes[order[2]]
+            hub.set_link(c.server_name, first.server_name, up=True)
+
+            def soft_failed_at(node) -> bool:
+                meta = node.store.event_meta(message)
+                return meta is not None and meta.status == EventStatus.SOFT_FAILED
+
+            await wait_until(lambda: soft_failed_at(first), timeout=60)
+            await wait_until(lambda: soft_failed_at(second), timeout=60)
             nursery.cancel_scope.cancel()
 
     run(main)
