@@ -254,6 +254,8 @@ class RoomEngine:
         self._fetches = 0
         # State group -> servers joined in it (groups never change once stored).
         self._joined_in_group: dict[int, frozenset[str]] = {}
+        # Soft-failed events judged again in vain, with our extremities then.
+        self._judged_again: set[tuple[str, tuple[str, ...]]] = set()
         # Which servers a stored local event is pushed to (the federation's
         # bounded fan-out): it is queued only for those of its destinations.
         # None (no federation: tests, LocalNetwork) queues it for all of them.
@@ -975,6 +977,63 @@ class RoomEngine:
         if current is None or current == before.group:
             return None
         return self.store.state_map(current)
+
+    async def reconsider_soft_failed(self, room_id: str, event_id: str) -> bool:
+        """Accept a soft-failed event after all if it passes against the state
+        resolved across our forward extremities and the state before it.
+
+        Step 6 judged the event by our current state when it arrived; that
+        state can be one-sided (it missed a branch that, once resolved,
+        undoes what made the event fail, e.g. the kick of its sender). A
+        server that accepted the event keeps it as a forward extremity and
+        resolves a different state from ours for good, since nobody can
+        reference a soft-failed event but it. So when a peer shows the event
+        among its forward extremities (:mod:`p2pserver.federation.merging`),
+        it is judged again, as one more forward extremity, exactly as an
+        event after a gap is (:meth:`_current_state_for`); a banned user's
+        event still fails, since resolution keeps the ban. Returns whether
+        it is now accepted. A failed judgement is not repeated until our
+        forward extremities change.
+        """
+        async with self._lock(room_id):
+            store = self.store
+            meta = store.event_meta(event_id)
+            if (
+                meta is None
+                or meta.room_id != room_id
+                or meta.status != EventStatus.SOFT_FAILED
+                or meta.state_before is None
+                or self._followed(event_id)
+            ):
+                return False
+            extremity_ids = store.forward_extremities(room_id)
+            judged = (event_id, tuple(sorted(extremity_ids)))
+            if judged in self._judged_again:
+                return False
+            event = store.load_event(event_id)
+            groups = _state_after_groups(store.event_metas(extremity_ids).values())
+            if event is None or not groups:
+                return False
+            state_sets = [store.state_map(g) for g in groups]
+            try:
+                current = self._resolve(event, [*state_sets, store.state_map(meta.state_before)])
+                check_auth_rules(event, self.auth_events_from_state(event, current))
+            except (AuthError, _Dropped):
+                if len(self._judged_again) >= 4096:
+                    self._judged_again.clear()  # bounded; judging again is correct
+                self._judged_again.add(judged)
+                return False
+            try:
+                with store.transaction():
+                    meta = store.accept_soft_failed(event)
+                    delta = self._advance_room(event, meta)
+            except MatrixError as exc:  # state resolution of the new extremities failed
+                logger.warning("cannot accept %s after all: %s", event_id, exc.message)
+                return False
+            assert meta.stream_ordering is not None
+            logger.info("accepted %s, soft failed before, as a peer holds it", event_id)
+            self._announce([RoomUpdate(room_id, event, meta.stream_ordering, delta)])
+            return True
 
     # -- persisting ------------------------------------------------------------
 

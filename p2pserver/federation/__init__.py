@@ -6,7 +6,7 @@
 - :mod:`.fanout`: which servers a node pushes an event to (per-event tree, bounded fan-out).
 - :mod:`.sender`: the persistent outbound queue's delivery, with backoff.
 - :mod:`.sync`: pull catch-up by forward-extremity exchange (``room_heads``).
-- :mod:`.merging`: a merge event when holding the same events still leaves
+- :mod:`.merging`: reconciling servers that hold the same events yet resolve
   different states (soft-failed extremities).
 - :mod:`.membership`: make_join/send_join, make_leave/send_leave, invite.
 - :mod:`.queries`: hooks for profile, devices, keys and EDUs.

@@ -1,31 +1,39 @@
-"""Merging forward extremities that pulling cannot reconcile.
+"""Reconciling servers that hold the same events yet resolve different states.
 
-Two servers that hold the same events can still resolve different room
-states, because each resolves over its own forward extremities and a
-soft-failed event is never one (the spec: it is not referenced by new
-events). Example, found by the converge fuzzer (seed 15): X accepted E, a
-state event of a user whom Y had meanwhile seen kicked, so Y soft-failed it.
-X's extremities hold E, whose state supersedes its parent P; Y's hold P. Both
-hold everything, so no pull changes anything, and the states differ until a
-server that accepted E sends an event that references it. In a quiet room
-that may never happen.
+Each server resolves the room's state over its own forward extremities, and
+a soft-failed event is never one (the spec: it is not referenced by new
+events). So two servers can hold every event the other holds, no pull
+changes anything, and their states differ until someone sends an event
+that references both sides. In a quiet room that may never happen. Both
+cases below were found by the converge fuzzer. When a ``room_heads``
+exchange (:mod:`.sync`) shows us a peer's heads, :meth:`ExtremityMerger.reconcile`
+handles both.
 
-So X sends one: an ``org.matrix.dummy_event`` (Synapse's type for the same
-purpose; clients ignore it) whose prev_events are its extremities. Y
-computes the state before it from those prev events, exactly as X did, and
-accepts it (X's user is joined). Both now have that one event as extremity.
+1. The peer holds as a head an event we soft failed (seed 17: we had
+   seen its sender kicked, but the peer holds a branch that, resolved with
+   ours, undoes the kick). We judge it again as one more forward extremity
+   (:meth:`~p2pserver.engine.engine.RoomEngine.reconsider_soft_failed`):
+   if it passes, we accept it and both sides have the same heads.
+2. We accepted an event the peer soft failed, and it still fails there
+   (seed 15: its sender is kicked however the branches resolve). Its
+   parent P is the peer's head, while ours is the event: the peer reports
+   P, which we accepted but hold only as an ancestor of our heads. Only we
+   can reference the event, so we send an ``org.matrix.dummy_event``
+   (Synapse's type for merging extremities; clients ignore it) whose
+   prev_events are our extremities. The peer computes the state before it
+   from those prev events, as we did, and accepts it (our user is joined).
+   Then both have that one event as head.
 
-When. The ``room_heads`` exchange (:mod:`.sync`) shows X a peer's heads.
-X merges when, in two exchanges with the same peer at least
-:data:`MERGE_DELAY` apart, that peer reported the same heads and
-:func:`unreconciled` held: X has two or more extremities, holds every head
-the peer reported, and has accepted one of them yet has it only as an
-ancestor of its own. (The peer either soft-failed or rejected what X built
-on it, or still lacks it; the delay and the second look rule out the
-latter, since the first exchange made it pull.) Y never merges on its side
-of the same situation, because the head it lacks as an extremity is one it
-soft-failed. After merging X has one extremity, so it does not merge again
-until the room branches anew.
+When to merge (2): in two exchanges with the same peer at least
+:data:`MERGE_DELAY` apart, the peer reported the same heads and
+:func:`unreconciled` held: we have two or more extremities, hold every head
+it reported, and accepted one of them that is not among ours. (The peer
+either soft-failed or rejected what we built on it, or still lacks it; the
+delay and the second look rule out the latter, since the first exchange
+made it pull.) The peer never merges on its side of the same situation,
+because the head it lacks as an extremity is one it soft failed. After
+merging we have one extremity, so we do not merge again until the room
+branches anew.
 """
 
 from __future__ import annotations
@@ -74,6 +82,16 @@ class ExtremityMerger:
         # (peer, room) -> (the heads it reported, when we first saw them unreconciled)
         self._seen: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
         self.merges = 0  # for tests and metrics
+
+    async def reconcile(self, peer: str, room_id: str, their_heads: Sequence[str]) -> None:
+        """After catching up with ``peer``: judge its heads we soft failed again, then merge
+        our extremities if that is what it takes (see the module docstring)."""
+        metas = self.store.event_metas(their_heads)
+        for meta in metas.values():
+            if meta.room_id == room_id and meta.status == EventStatus.SOFT_FAILED:
+                await self.engine.reconsider_soft_failed(room_id, meta.event_id)
+        if self.observe(peer, room_id, their_heads):
+            await self.merge(room_id)
 
     def observe(self, peer: str, room_id: str, their_heads: Sequence[str]) -> bool:
         """Record a peer's heads; whether we should merge our extremities now."""

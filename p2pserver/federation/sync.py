@@ -20,8 +20,8 @@ deepest first, per room):
 - Each side then fetches the heads it does not hold from the other (below).
   So one request lets both catch up.
 - Holding the same events is not always enough to resolve the same state
-  (a soft-failed event is never a forward extremity): the requester may
-  then merge its extremities with a new event (:mod:`.merging`).
+  (a soft-failed event is never a forward extremity): the requester then
+  reconciles the two (:mod:`.merging`).
 
 When exchanges happen:
 
@@ -281,8 +281,7 @@ class RoomSync:
                 continue
             self.knowledge.record(peer, room_id, heads)
             pulled += await self.catch_up(peer, room_id, heads)
-            if self.merger.observe(peer, room_id, heads):
-                await self.merger.merge(room_id)
+            await self.merger.reconcile(peer, room_id, heads)
         return pulled
 
     async def handle_room_heads(self, origin: str, body: Mapping[str, Any]) -> dict[str, Any]:

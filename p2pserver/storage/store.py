@@ -553,6 +553,22 @@ class Store:
                 [x for value in values for x in (nid, value)],
             )
 
+    def accept_soft_failed(self, event: Event) -> EventMeta:
+        """Accept a stored soft-failed event (inside a transaction); it takes the next
+        stream position, so it reaches clients as new."""
+        old = self.event_meta(event.event_id)
+        if old is None or old.status != EventStatus.SOFT_FAILED:
+            raise ValueError(f"{event.event_id} is not a stored soft-failed event")
+        stream = self._next_stream_ordering()
+        self.db.execute(
+            "UPDATE events SET status = ?, stream_ordering = ? WHERE event_nid = ?",
+            (EventStatus.ACCEPTED.value, stream, old.nid),
+        )
+        self._record_redaction(old.nid, event)
+        meta = dataclasses.replace(old, status=EventStatus.ACCEPTED, stream_ordering=stream)
+        self._meta.set(event.event_id, meta)
+        return meta
+
     def _record_redaction(self, nid: int, event: Event) -> None:
         target = event.redacts
         if target is not None:

@@ -22,16 +22,7 @@ def test_a_soft_failed_extremity_is_merged_away():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
-            power = a.store.load_event(a.store.current_state(room_id)[("m.room.power_levels", "")])
-            assert power is not None
-            users = {**power.content["users"], b.user("u1"): 50, c.user("u2"): 50}
-            levels = await a.engine.send_event(
-                room_id,
-                a.user("u0"),
-                "m.room.power_levels",
-                {**power.content, "users": users},
-                state_key="",
-            )
+            levels = await _set_power(a, room_id, {b.user("u1"): 50, c.user("u2"): 50})
             await wait_until(lambda: b.has(levels) and c.has(levels))
             hub.partition([a.server_name], [b.server_name, c.server_name])
             kick = await a.engine.kick(room_id, a.user("u0"), c.user("u2"))
@@ -61,6 +52,7 @@ def test_a_soft_failed_extremity_is_merged_away():
             )
             assert a.fed.sync.merger.merges == 0
             assert b.fed.sync.merger.merges == 1
+            assert soft_failed_at_a()  # judged again, and c is still kicked
             (head,) = a.store.forward_extremities(room_id)
             merge = a.store.load_event(head)
             assert merge is not None and merge.type == MERGE_EVENT_TYPE
@@ -68,3 +60,50 @@ def test_a_soft_failed_extremity_is_merged_away():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_a_soft_failed_event_is_accepted_when_a_branch_undoes_the_reason():
+    """b kicks c while a, alone, takes b's power to kick away; c, unaware of
+    both, sends a message. b gets the message first and soft fails it (c is
+    kicked in b's state); then a's change arrives and undoes the kick. a holds
+    the message as a head, and b must accept it after all when it sees that
+    (the converge fuzzer, seed 17, stayed diverged for good)."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            levels = await _set_power(a, room_id, {b.user("u1"): 50})
+            await wait_until(lambda: b.has(levels) and c.has(levels))
+            hub.partition([a.server_name], [b.server_name], [c.server_name])
+            kick = await b.engine.kick(room_id, b.user("u1"), c.user("u2"))
+            demote = await _set_power(a, room_id, {b.user("u1"): 0})
+            message = await c.engine.send_message(room_id, c.user("u2"), {"body": "hi"})
+            hub.set_link(b.server_name, c.server_name, up=True)
+            await wait_until(lambda: _status(b, message) == EventStatus.SOFT_FAILED, timeout=60)
+            hub.heal()
+            await wait_until(
+                lambda: b.has(demote) and a.has(message) and _status(a, kick) is not None,
+                timeout=60,
+            )
+            assert b.store.current_membership(room_id, c.user("u2")) == "join"  # the kick lost
+            await wait_until(lambda: b.has(message), timeout=120)
+            assert message in b.store.forward_extremities(room_id)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def _status(node, event_id: str) -> EventStatus | None:
+    meta = node.store.event_meta(event_id)
+    return None if meta is None else meta.status
+
+
+async def _set_power(node, room_id: str, users: dict[str, int]) -> str:
+    power = node.store.load_event(node.store.current_state(room_id)[("m.room.power_levels", "")])
+    assert power is not None
+    content = {**power.content, "users": {**power.content["users"], **users}}
+    return await node.engine.send_event(
+        room_id, node.user("u0"), "m.room.power_levels", content, state_key=""
+    )
