@@ -3,8 +3,10 @@
 - :mod:`.network`: the interface, its errors and events (what protocol code uses).
 - :mod:`.framing`: length-prefixed CBOR frames and envelopes (sans-I/O).
 - :mod:`.memory`: an in-memory network for tests and simulations (MockClock-friendly).
-- :mod:`.libp2p_network`: TCP + Noise + Yamux with py-libp2p. Imported lazily,
-  since importing libp2p costs 1-2 s and ~57 MB.
+- :mod:`.libp2p_network`: TCP + Noise + Yamux with py-libp2p. Imported lazily
+  (the node does it in a worker thread): even slim (see :mod:`.libp2p_slim`),
+  py-libp2p with cryptography and protobuf adds ~15 MiB, and ~0.1 s to start-up
+  (more on a first run, while the byte-code caches are written).
 - :mod:`.ratelimit`: token buckets and penalties.
 """
 
