@@ -19,7 +19,6 @@ File format (every key optional)::
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -84,6 +83,8 @@ def load_config(data_dir: Path, config_file: Path | None = None, **overrides: An
 
 
 def _read(path: Path) -> dict[str, Any]:
+    import tomllib  # only when there is a file: ~0.5 MiB (with datetime) a node without one keeps
+
     try:
         with path.open("rb") as f:
             return tomllib.load(f)

@@ -29,9 +29,16 @@ key deserialisation imports RSA (pycryptodome) and secp256k1 (coincurve);
 ``custom_types`` imports QUIC (aioquic, pyOpenSSL) and pubsub for type
 aliases; the Kademlia module imports provider-record CIDs and random walks
 (our DHT uses neither); libp2p's service framework imports anyio for its
-asyncio flavour (the swarm runs the trio one). :data:`DEFERRED` lists
-these names. Such a module is compiled from its source with those
-``from X import name`` (or ``import X``) statements replaced by
+asyncio flavour (the swarm runs the trio one); the resource manager's
+memory statistics import psutil, though nothing in py-libp2p 0.8.1 ever
+reads them (its memory limits are configured but never checked), and so
+does ``multiaddr.utils``, which the TCP transport uses to parse addresses,
+for listing interfaces (which the node does with ifaddr); multihash imports
+the BLAKE3 and MurmurHash3 libraries for hash functions peer IDs never use
+(identity and SHA-256). :data:`DEFERRED` lists these names (its two
+importers outside libp2p, ``multiaddr.utils`` and ``multihash.funcs``, are
+only imported by libp2p modules). Such a module is compiled from its source
+with those ``from X import name`` (or ``import X``) statements replaced by
 ``name = <stand-in for X.name>``, and X is imported when the stand-in is
 called, or when an attribute of it is read after the module has loaded, so
 a feature works the moment it is used. That is sound only where the module
@@ -39,8 +46,22 @@ does nothing else with the name (``isinstance``, ``except``, a base class,
 passing it around would see the stand-in): tests/transport/test_libp2p_slim.py
 checks each use in the installed source. If an expected import is missing
 (another py-libp2p), the module loads unchanged. The compiled code is cached
-beside the module's .pyc. One call is deferred too (:data:`LAZY_CALLS`):
-the DNS resolver every swarm builds and never uses.
+beside the module's .pyc. Some calls are deferred too (:data:`LAZY_CALLS`):
+the DNS resolver every swarm builds and never uses, the ``psutil.Process()``
+every memory statistics cache builds at once and only reads when statistics
+are asked for, and the BLAKE3 hasher multihash makes at import to test it.
+
+Substitutes. A few deferred names are replaced by something cheaper that
+does the same at run time (:data:`SUBSTITUTES`). Identify reads libp2p's
+version at import, through ``importlib.metadata.version``, and
+importlib.metadata (with email, zipfile, csv...) costs ~1 MiB for that one
+answer; :func:`package_version` reads it from the distribution's METADATA
+file, and falls back to importlib.metadata wherever that is not a plain
+``.dist-info`` directory. trio_typing (which imports typing_extensions,
+~0.5 MiB) only helps type checkers: at run time its
+``takes_callable_and_args`` returns the function it decorates, and its
+``TaskStatus`` is only subscripted in annotations and ``typing.cast``, where
+``trio.TaskStatus`` does as well (the tests check both).
 
 Nothing the node runs on (TCP, Noise, Yamux, identify, ping, the resource
 manager, Kademlia) is deferred: those modules load as soon as libp2p_network
@@ -65,12 +86,15 @@ import importlib.util
 import logging
 import marshal
 import os
+import re
 import sys
 import threading
 from collections.abc import Sequence
 from contextlib import suppress
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+
+import trio
 
 if TYPE_CHECKING:
     from importlib.machinery import ModuleSpec
@@ -98,7 +122,6 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
     },
     # dnspython (~60 modules; with aioquic installed also QUIC and pyOpenSSL for
     # DNS-over-QUIC): only to dial /dns, /dns4, /dns6 and /dnsaddr addresses.
-    "libp2p.transport.tcp.tcp": {"multiaddr.resolvers": ("DNSResolver",)},
     "libp2p.utils.dns_utils": {"multiaddr.resolvers": ("DNSResolver",)},
     "libp2p.metrics.swarm": {"prometheus_client": ("Counter",)},
     "libp2p.rcmgr.manager": {
@@ -127,6 +150,20 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
         "libp2p.bitswap.cid": ("parse_cid",),
         "libp2p.discovery.random_walk.rt_refresh_manager": ("RTRefreshManager",),
     },
+    # psutil: only if memory statistics are asked for (see LAZY_CALLS), or to
+    # list the interfaces for a wildcard address (the node never asks)
+    "libp2p.rcmgr.memory_stats": {"psutil": ("",)},
+    "multiaddr.utils": {"psutil": ("",)},
+    # hash functions peer IDs never use (blake3's Rust build alone is ~0.6 MiB)
+    "multihash.funcs": {"blake3": ("",), "mmh3": ("",)},
+    # libp2p's version, read once at import by identify: see SUBSTITUTES
+    "libp2p.utils.version": {"importlib.metadata": ("version",)},
+    # typing helpers (see SUBSTITUTES)
+    "libp2p.tools.anyio_service.trio_manager": {"trio_typing": ("",)},
+    "libp2p.transport.tcp.tcp": {
+        "multiaddr.resolvers": ("DNSResolver",),
+        "trio_typing": ("TaskStatus",),
+    },
     "libp2p.crypto.serialization": {
         "libp2p.crypto.rsa": ("RSAPrivateKey", "RSAPublicKey"),
         "libp2p.crypto.secp256k1": ("Secp256k1PrivateKey", "Secp256k1PublicKey"),
@@ -144,10 +181,21 @@ DEFERRED: dict[str, dict[str, tuple[str, ...]]] = {
         "libp2p.crypto.secp256k1": ("Secp256k1PublicKey",),
     },
 }
-# (importer, name) whose call gives an object built only when first used: every
-# Swarm builds a DNS resolver into ``swarm.dns_resolver``, which nothing reads
-# (the TCP transport makes its own for each /dns dial).
-LAZY_CALLS = {("libp2p.network.swarm", "DNSResolver")}
+# (importer, module.name) whose call gives an object built only when first used:
+# - every Swarm builds a DNS resolver into ``swarm.dns_resolver``, which
+#   nothing reads (the TCP transport makes its own for each /dns dial);
+# - every MemoryStatsCache (the resource manager builds two) makes a
+#   ``psutil.Process()`` for this process; it is used when statistics are
+#   collected, and then made (an error making it would surface there, not
+#   in the constructor, which would have swallowed it);
+# - multihash's registry makes one hasher of each kind at import to see that
+#   it works; a BLAKE3 hasher is made for real when first fed (the blake3
+#   library is a hard dependency of multihash, so it is always there).
+LAZY_CALLS = {
+    ("libp2p.network.swarm", "multiaddr.resolvers.DNSResolver"),
+    ("libp2p.rcmgr.memory_stats", "psutil.Process"),
+    ("multihash.funcs", "blake3.blake3"),
+}
 _STAND_IN = "__p2pserver_stand_in__"
 _CACHE_SUFFIX = ".p2pserver-slim.pyc"
 _CACHE_VERSION = b"1"  # bump when _defer_imports changes the code it produces
@@ -217,15 +265,22 @@ class _StandIn:
     deferred until an entry is called.
     """
 
-    __slots__ = ("_module", "_path", "_importing", "_lazy_call")
+    __slots__ = ("_module", "_path", "_importing", "_lazy_calls")
 
     def __init__(
-        self, module: str, path: str, importing: list[bool], lazy_call: bool = False
+        self,
+        module: str,
+        path: str,
+        importing: list[bool],
+        lazy_calls: frozenset[str] = frozenset(),
     ) -> None:
         self._module = module
         self._path = path
         self._importing = importing  # [True] while the importing module executes
-        self._lazy_call = lazy_call
+        self._lazy_calls = lazy_calls  # the importer's LAZY_CALLS targets
+
+    def _target(self, path: str) -> str:
+        return ".".join(filter(None, (self._module, path)))
 
     def resolve(self) -> Any:
         obj: Any = importlib.import_module(self._module)
@@ -234,20 +289,20 @@ class _StandIn:
         return obj
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        if self._lazy_call:
+        if self._target(self._path) in self._lazy_calls:
             return _LazyResult(self, args, kwargs)
         return self.resolve()(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__") and name.endswith("__"):
             raise AttributeError(name)
-        if self._importing[0]:
-            path = f"{self._path}.{name}" if self._path else name
-            return _StandIn(self._module, path, self._importing)
+        path = f"{self._path}.{name}" if self._path else name
+        if self._importing[0] or self._target(path) in self._lazy_calls:
+            return _StandIn(self._module, path, self._importing, self._lazy_calls)
         return getattr(self.resolve(), name)
 
     def __repr__(self) -> str:
-        return f"<stand-in for {'.'.join(filter(None, (self._module, self._path)))}>"
+        return f"<stand-in for {self._target(self._path)}>"
 
 
 class _LazyResult:
@@ -268,6 +323,68 @@ class _LazyResult:
                 stand_in, args, kwargs = self._call
                 self._value = stand_in.resolve()(*args, **kwargs)
         return getattr(self._value, name)
+
+
+def package_version(distribution: str) -> str:
+    """``importlib.metadata.version(distribution)``, without importing importlib.metadata.
+
+    Finds the distribution as importlib.metadata does (the first ``sys.path``
+    entry holding it) and reads ``Version:`` from its METADATA when that is a
+    ``<name>-<version>.dist-info`` directory; anything else (an .egg-info,
+    a zip archive, unreadable metadata) is left to importlib.metadata.
+    """
+    metadata = _dist_info_metadata(distribution)
+    if metadata is not None:
+        with suppress(OSError, UnicodeDecodeError), open(metadata, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    break  # the end of the headers
+                key, colon, value = line.partition(":")
+                if colon and key.strip().lower() == "version":
+                    return value.strip()
+    from importlib.metadata import version
+
+    return version(distribution)
+
+
+def _dist_info_metadata(distribution: str) -> str | None:
+    """The METADATA path of the first distribution named so on sys.path, if a .dist-info."""
+    wanted = re.sub(r"[-_.]+", "_", distribution).lower()
+    for entry in sys.path:
+        try:
+            names = os.listdir(entry or ".")
+        except OSError:
+            if entry and os.path.isfile(entry):  # a zip archive: importlib.metadata's job
+                return None
+            continue
+        for name in names:
+            stem, dot, suffix = name.rpartition(".")
+            if not dot or suffix not in ("dist-info", "egg-info", "egg"):
+                continue
+            if re.sub(r"[-_.]+", "_", stem.partition("-")[0]).lower() == wanted:
+                if suffix != "dist-info":
+                    return None
+                return os.path.join(entry or ".", name, "METADATA")
+    return None
+
+
+def _returns_its_argument(fn: Any) -> Any:
+    return fn
+
+
+class _TrioTypingAtRunTime:
+    """What the node's libp2p modules use of trio_typing, as it behaves at run time."""
+
+    takes_callable_and_args = staticmethod(_returns_its_argument)
+
+
+# (module, name) -> what the importer gets instead: the same behaviour, cheaper.
+SUBSTITUTES: dict[tuple[str, str], Any] = {
+    ("importlib.metadata", "version"): package_version,
+    ("trio_typing", ""): _TrioTypingAtRunTime,
+    # trio's own TaskStatus is hidden from mypy by trio_typing's stubs
+    ("trio_typing", "TaskStatus"): trio.TaskStatus,  # type: ignore[attr-defined]
+}
 
 
 def _absolute(stmt: ast.ImportFrom, package: str) -> str:
@@ -338,8 +455,11 @@ class _DeferringLoader(importlib.abc.Loader):
             return
         importing = [True]
         importer = module.__name__
-        module.__dict__[_STAND_IN] = lambda source, name: _StandIn(
-            source, name, importing, (importer, name) in LAZY_CALLS
+        lazy_calls = frozenset(target for i, target in LAZY_CALLS if i == importer)
+        module.__dict__[_STAND_IN] = lambda source, name: (
+            SUBSTITUTES[source, name]
+            if (source, name) in SUBSTITUTES
+            else _StandIn(source, name, importing, lazy_calls)
         )
         try:
             exec(code, module.__dict__)
@@ -399,12 +519,13 @@ class _Libp2pFinder(importlib.abc.MetaPathFinder):
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> ModuleSpec | None:
-        if fullname.split(".")[0] != _ROOT:
+        in_libp2p = fullname.split(".")[0] == _ROOT
+        if not in_libp2p and fullname not in DEFERRED:  # e.g. multiaddr.utils
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None or not spec.has_location:
             return spec  # not found, or a namespace package: nothing to skip
-        if spec.submodule_search_locations is not None:
+        if spec.submodule_search_locations is not None and in_libp2p:
             spec.loader = _BarePackageLoader(spec.loader)
         elif fullname in DEFERRED:
             spec.loader = _DeferringLoader(spec.loader, DEFERRED[fullname])

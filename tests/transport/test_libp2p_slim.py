@@ -36,6 +36,12 @@ HEAVY = [
     "cryptography.x509",
     "dns",
     "anyio",
+    "psutil",
+    "importlib.metadata",
+    "blake3",
+    "mmh3",
+    "trio_typing",
+    "typing_extensions",
 ]
 
 
@@ -238,6 +244,13 @@ def _ancestors(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> list[ast.AST]:
     return chain
 
 
+def _parse(module: str) -> ast.Module:
+    spec = importlib.util.find_spec(module)
+    assert spec is not None and spec.origin is not None
+    with open(spec.origin, encoding="utf-8") as f:
+        return ast.parse(f.read())
+
+
 @pytest.mark.parametrize("importer", sorted(libp2p_slim.DEFERRED))
 def test_deferred_names_are_used_safely(importer: str) -> None:
     """A stand-in only acts like the real thing when called or when its attributes are read.
@@ -246,14 +259,14 @@ def test_deferred_names_are_used_safely(importer: str) -> None:
     functions (they run after the module loaded), sit in annotations or
     type aliases (stored, not used), or, as ``Name.method``, be an entry in
     a module-level table (called later). Not ``isinstance``, ``except``, a
-    base class or a value passed around.
+    base class or a value passed around. (SUBSTITUTES are real objects,
+    checked by test_substitutes_do_what_the_originals_do.)
     """
-    spec = importlib.util.find_spec(importer)
-    assert spec is not None and spec.origin is not None
-    with open(spec.origin, encoding="utf-8") as f:
-        tree = ast.parse(f.read())
+    tree = _parse(importer)
     for module, names in libp2p_slim.DEFERRED[importer].items():
         for name in names:
+            if (module, name) in libp2p_slim.SUBSTITUTES:
+                continue
             uses = _uses_of(tree, name or module)  # "": `import module`
             assert uses, f"{importer} no longer uses {module}.{name}"
             allowed = {"call", "attribute", "annotation", "type alias", "table entry"}
@@ -316,9 +329,94 @@ def test_deferred_names_work_when_used() -> None:
     }
 
 
+def test_substitutes_do_what_the_originals_do() -> None:
+    import trio
+    import trio_typing
+
+    substitutes = libp2p_slim.SUBSTITUTES
+    assert {(m, n) for names in libp2p_slim.DEFERRED.values() for m, ns in names.items()
+            for n in ns if (m, n) in substitutes} == set(substitutes)  # fmt: skip
+    # importlib.metadata.version: the same answers, and only called
+    from importlib.metadata import version
+
+    package_version = substitutes["importlib.metadata", "version"]
+    for distribution in ("libp2p", "trio", "PyNaCl", "pynacl", "typing_extensions", "p2pserver"):
+        assert package_version(distribution) == version(distribution), distribution
+    with pytest.raises(ModuleNotFoundError):  # importlib.metadata's own error
+        package_version("no-such-distribution-here")
+    assert set(_uses_of(_parse("libp2p.utils.version"), "version")) == {"call"}
+
+    # trio_typing: only its takes_callable_and_args decorator, which returns its argument
+    def f() -> None: ...
+
+    assert trio_typing.takes_callable_and_args(f) is f
+    assert substitutes["trio_typing", ""].takes_callable_and_args(f) is f
+    tree = _parse("libp2p.tools.anyio_service.trio_manager")
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "trio_typing"]
+    decorators = [
+        d.value
+        for n in ast.walk(tree)
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        for d in n.decorator_list
+        if isinstance(d, ast.Attribute) and d.attr == "takes_callable_and_args"
+    ]
+    assert uses and uses == [u for u in uses if u in decorators]
+    # TaskStatus: only subscripted, in annotations and as typing.cast's type
+    assert substitutes["trio_typing", "TaskStatus"] is trio.TaskStatus
+    tree = _parse("libp2p.transport.tcp.tcp")
+    typing_only: set[ast.AST] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.arg) and n.annotation is not None:
+            typing_only.update(ast.walk(n.annotation))
+        if isinstance(n, ast.Call) and ast.unparse(n.func) in ("typing.cast", "cast"):
+            typing_only.update(ast.walk(n.args[0]))
+    uses = [
+        n for n in ast.walk(tree)
+        if isinstance(n, ast.Name) and n.id == "TaskStatus" and isinstance(n.ctx, ast.Load)
+    ]  # fmt: skip
+    assert uses and all(u in typing_only for u in uses)
+
+
+def test_lazy_calls_are_made_when_their_results_are_used() -> None:
+    """psutil and blake3 load only when memory statistics or a BLAKE3 hash are asked for."""
+    results = run_python(
+        """
+        import json, sys
+        import p2pserver.transport.libp2p_network as net
+        from p2pserver.rooms.signing import SigningKey
+        from libp2p.rcmgr.manager import new_resource_manager
+        import multihash
+        manager = new_resource_manager()
+        network = net.Libp2pNetwork(SigningKey.generate(), listen_ips=["127.0.0.1"], port=0)
+        before = {m: m in sys.modules for m in ("psutil", "blake3", "mmh3")}
+        stats = manager.memory_stats_cache.get_memory_stats()
+        import psutil
+        own = psutil.Process().memory_info().rss
+        blake = multihash.digest(b"abc", "blake3").digest
+        import blake3
+        print(json.dumps({
+            "before": before,
+            "rss_close": abs(stats.process_memory_bytes - own) < 64 * 1024 * 1024,
+            "total": stats.system_memory_total == psutil.virtual_memory().total,
+            "process": type(manager.memory_stats_cache._process._value).__name__,
+            "blake3": blake == blake3.blake3(b"abc").digest(),
+            "murmur": multihash.digest(b"abc", "murmur3-128").digest.hex() != "",
+        }))
+        """
+    )
+    assert results == {
+        "before": {"psutil": False, "blake3": False, "mmh3": False},
+        "rss_close": True,
+        "total": True,
+        "process": "Process",
+        "blake3": True,
+        "murmur": True,
+    }
+
+
 def test_lazy_calls_results_are_never_read() -> None:
     """Nothing reads ``swarm.dns_resolver`` (built lazily, see LAZY_CALLS) in libp2p or here."""
-    assert {("libp2p.network.swarm", "DNSResolver")} == libp2p_slim.LAZY_CALLS
+    assert ("libp2p.network.swarm", "multiaddr.resolvers.DNSResolver") in libp2p_slim.LAZY_CALLS
     spec = importlib.util.find_spec("libp2p")
     assert spec is not None and spec.submodule_search_locations is not None
     roots = [*spec.submodule_search_locations, os.path.dirname(p2pserver.__file__)]
