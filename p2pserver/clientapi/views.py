@@ -12,6 +12,8 @@ Shared by the room endpoints (/messages, /context, /event, /state,
   ``replaces_state``, ``prev_sender``): the content they replaced, from the
   state before them.
 - The sending device sees its ``unsigned.transaction_id``.
+- Merge events (``org.matrix.dummy_event``, :mod:`p2pserver.federation.merging`)
+  are never shown: they carry nothing for users.
 - Room state is readable by a joined member (the current state), by a
   former member (the state when they left, as the spec says for /state and
   /members), and by anyone in a ``world_readable`` room; otherwise 403.
@@ -27,7 +29,7 @@ from p2pserver.clientapi.filters import EventFilter
 from p2pserver.clientapi.formats import client_event
 from p2pserver.clientapi.sync import SyncEvent
 from p2pserver.engine.visibility import HISTORY_VISIBILITY_KEY, WORLD_READABLE
-from p2pserver.rooms.events import Event, StateKey
+from p2pserver.rooms.events import DUMMY_EVENT_TYPE, Event, StateKey
 from p2pserver.storage.state_groups import StateMap
 from p2pserver.storage.store import EventMeta, EventStatus
 
@@ -106,8 +108,8 @@ class RoomViews:
         out: list[SyncEvent] = []
         for event_id in ids:
             event, meta = events.get(event_id), metas.get(event_id)
-            if event is None or meta is None:
-                continue
+            if event is None or meta is None or event.type == DUMMY_EVENT_TYPE:
+                continue  # merge events are plumbing (as Synapse hides them)
             if check_visibility and not self.engine.may_user_see_event(user_id, event_id):
                 continue
             out.append(

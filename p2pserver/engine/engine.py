@@ -98,6 +98,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -142,6 +143,9 @@ logger = logging.getLogger(__name__)
 
 # Local events point at no more than this many forward extremities.
 MAX_PREV_EVENTS = 10
+# reconsider_soft_failed: soft-failed ancestors judged with a head; failed judgements kept.
+_MAX_REJUDGED = 20
+_MAX_JUDGED_MEMO = 4096
 # /get_missing_events: how many events we ask for at once.
 MISSING_EVENTS_LIMIT = 10
 # How far back through soft-failed or rejected events an accepted event
@@ -254,8 +258,9 @@ class RoomEngine:
         self._fetches = 0
         # State group -> servers joined in it (groups never change once stored).
         self._joined_in_group: dict[int, frozenset[str]] = {}
-        # Soft-failed events judged again in vain, with our extremities then.
-        self._judged_again: set[tuple[str, tuple[str, ...]]] = set()
+        # Soft-failed events judged again in vain, with the state groups of
+        # our extremities then (least recently judged first).
+        self._judged_again: OrderedDict[tuple[str, tuple[int, ...]], None] = OrderedDict()
         # Which servers a stored local event is pushed to (the federation's
         # bounded fan-out): it is queued only for those of its destinations.
         # None (no federation: tests, LocalNetwork) queues it for all of them.
@@ -991,49 +996,78 @@ class RoomEngine:
         among its forward extremities (:mod:`p2pserver.federation.merging`),
         it is judged again, as one more forward extremity, exactly as an
         event after a gap is (:meth:`_current_state_for`); a banned user's
-        event still fails, since resolution keeps the ban. Returns whether
-        it is now accepted. A failed judgement is not repeated until our
-        forward extremities change.
+        event still fails, since resolution keeps the ban.
+
+        Its soft-failed ancestors (up to :data:`_MAX_REJUDGED`) are judged
+        first, oldest first, the same way: the peer accepted those too, and
+        once the head is accepted they could never be. A judgement depends
+        only on the states of our extremities and the event's state before,
+        so a failed one is not repeated until those states change (a
+        message does not change them). Returns whether the event is now
+        accepted.
         """
         async with self._lock(room_id):
-            store = self.store
-            meta = store.event_meta(event_id)
-            if (
-                meta is None
-                or meta.room_id != room_id
-                or meta.status != EventStatus.SOFT_FAILED
-                or meta.state_before is None
-                or self._followed(event_id)
-            ):
+            meta = self.store.event_meta(event_id)
+            if meta is None or meta.room_id != room_id or meta.status != EventStatus.SOFT_FAILED:
                 return False
-            extremity_ids = store.forward_extremities(room_id)
-            judged = (event_id, tuple(sorted(extremity_ids)))
-            if judged in self._judged_again:
-                return False
-            event = store.load_event(event_id)
-            groups = _state_after_groups(store.event_metas(extremity_ids).values())
-            if event is None or not groups:
-                return False
-            state_sets = [store.state_map(g) for g in groups]
-            try:
-                current = self._resolve(event, [*state_sets, store.state_map(meta.state_before)])
-                check_auth_rules(event, self.auth_events_from_state(event, current))
-            except (AuthError, _Dropped):
-                if len(self._judged_again) >= 4096:
-                    self._judged_again.clear()  # bounded; judging again is correct
-                self._judged_again.add(judged)
-                return False
-            try:
-                with store.transaction():
-                    meta = store.accept_soft_failed(event)
-                    delta = self._advance_room(event, meta)
-            except MatrixError as exc:  # state resolution of the new extremities failed
-                logger.warning("cannot accept %s after all: %s", event_id, exc.message)
-                return False
-            assert meta.stream_ordering is not None
-            logger.info("accepted %s, soft failed before, as a peer holds it", event_id)
-            self._announce([RoomUpdate(room_id, event, meta.stream_ordering, delta)])
-            return True
+            for ancestor in self._soft_failed_ancestors(meta):
+                self._judge_again(ancestor)
+            return self._judge_again(meta)
+
+    def _soft_failed_ancestors(self, meta: EventMeta) -> list[EventMeta]:
+        """Soft-failed events ``meta`` follows through soft-failed events only, oldest first."""
+        found: dict[str, EventMeta] = {}
+        todo = list(self.store.prev_event_ids(meta.nid))
+        while todo and len(found) < _MAX_REJUDGED:
+            prev = self.store.event_meta(todo.pop())
+            if prev is None or prev.event_id in found or prev.status != EventStatus.SOFT_FAILED:
+                continue
+            found[prev.event_id] = prev
+            todo.extend(self.store.prev_event_ids(prev.nid))
+        return sorted(found.values(), key=lambda m: (m.depth, m.event_id))
+
+    def _judge_again(self, meta: EventMeta) -> bool:
+        """One judgement of :meth:`reconsider_soft_failed`; accept the event if it passes."""
+        store = self.store
+        room_id = meta.room_id
+        meta = store.event_meta(meta.event_id) or meta
+        if (
+            meta.status != EventStatus.SOFT_FAILED
+            or meta.state_before is None
+            or self._followed(meta.event_id)
+        ):
+            return False
+        extremity_ids = store.forward_extremities(room_id)
+        groups = _state_after_groups(store.event_metas(extremity_ids).values())
+        judged = (meta.event_id, tuple(sorted(groups)))
+        if not groups:
+            return False
+        if judged in self._judged_again:
+            self._judged_again.move_to_end(judged)
+            return False
+        event = store.load_event(meta.event_id)
+        if event is None:
+            return False
+        state_sets = [store.state_map(g) for g in groups]
+        try:
+            current = self._resolve(event, [*state_sets, store.state_map(meta.state_before)])
+            check_auth_rules(event, self.auth_events_from_state(event, current))
+        except (AuthError, _Dropped):
+            self._judged_again[judged] = None
+            while len(self._judged_again) > _MAX_JUDGED_MEMO:
+                self._judged_again.popitem(last=False)
+            return False
+        try:
+            with store.transaction():
+                meta = store.accept_soft_failed(event)
+                delta = self._advance_room(event, meta)
+        except MatrixError as exc:  # state resolution of the new extremities failed
+            logger.warning("cannot accept %s after all: %s", meta.event_id, exc.message)
+            return False
+        assert meta.stream_ordering is not None
+        logger.info("accepted %s, soft failed before, as a peer holds it", meta.event_id)
+        self._announce([RoomUpdate(room_id, event, meta.stream_ordering, delta)])
+        return True
 
     # -- persisting ------------------------------------------------------------
 

@@ -182,12 +182,17 @@ class Federation:
         if event is not None and not update.local and event.origin != self.server_name:
             # However it reached us: servers that left since cannot pull it.
             self.sender.relay_to_departed(event)
-        if update.soft_failed is not None:
+        soft_failed = update.soft_failed
+        if soft_failed is not None and (
+            self.store.current_membership(soft_failed.room_id, soft_failed.sender) != "ban"
+        ):
             # Others may accept it (they may not know what made us soft fail
             # it), but a soft-failed event is never a forward extremity, so
             # it cannot be pulled: whether pushed or pulled to us, we pass it
-            # on to our children in its tree.
-            self.sender.relay(update.soft_failed, received_from=None)
+            # on to our children in its tree. Not a banned user's: a ban is
+            # meant to stick, and a banned server could otherwise have the
+            # whole room carry any number of events forked from before it.
+            self.sender.relay(soft_failed, received_from=None)
         if (
             event is not None
             and event.type == "m.room.member"

@@ -19,7 +19,7 @@ handles both.
    parent P is the peer's head, while ours is the event: the peer reports
    P, which we accepted but hold only as an ancestor of our heads. Only we
    can reference the event, so we send an ``org.matrix.dummy_event``
-   (Synapse's type for merging extremities; clients ignore it) whose
+   (Synapse's type for merging extremities; never shown to clients) whose
    prev_events are our extremities. The peer computes the state before it
    from those prev events, as we did, and accepts it (our user is joined).
    Then both have that one event as head.
@@ -45,13 +45,15 @@ import trio
 
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.rooms.errors import MatrixError
-from p2pserver.rooms.events import sender_server
+from p2pserver.rooms.events import DUMMY_EVENT_TYPE, sender_server
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
 
 logger = logging.getLogger(__name__)
 
-MERGE_EVENT_TYPE = "org.matrix.dummy_event"
+MERGE_EVENT_TYPE = DUMMY_EVENT_TYPE
 MERGE_DELAY = 10.0
+# Soft-failed heads of one peer judged again per exchange and room.
+MAX_REJUDGED_HEADS = 4
 
 
 def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool:
@@ -87,9 +89,13 @@ class ExtremityMerger:
         """After catching up with ``peer``: judge its heads we soft failed again, then merge
         our extremities if that is what it takes (see the module docstring)."""
         metas = self.store.event_metas(their_heads)
-        for meta in metas.values():
-            if meta.room_id == room_id and meta.status == EventStatus.SOFT_FAILED:
-                await self.engine.reconsider_soft_failed(room_id, meta.event_id)
+        soft_failed = [
+            m.event_id
+            for m in metas.values()
+            if m.room_id == room_id and m.status == EventStatus.SOFT_FAILED
+        ]
+        for event_id in soft_failed[:MAX_REJUDGED_HEADS]:  # each costs a state resolution
+            await self.engine.reconsider_soft_failed(room_id, event_id)
         if self.observe(peer, room_id, their_heads):
             await self.merge(room_id)
 

@@ -94,6 +94,9 @@ MAX_EDUS = MAX_EDUS_PER_TRANSACTION
 MAX_EVENTS_PER_ANSWER = 100
 # Lists of event IDs in a request (latest_events, backfill's v, heads).
 MAX_EVENT_IDS = 100
+# How many of the events a server no longer in the room names are checked
+# for whether it was joined there (each costs a state lookup).
+MAX_STALE_VIEW_CHECKS = 4
 # room_heads: rooms per request and extremities per room.
 MAX_HEADS_ROOMS = 1000
 MAX_HEADS_PER_ROOM = 20

@@ -31,7 +31,8 @@ Rules:
   (:meth:`FederationSender.relay_to_departed`); members among them pull it.
   Nobody can pull an event that we (and perhaps others) soft failed: it is
   never a forward extremity. So one is passed on to all our children in its
-  tree, however it reached us; they may accept it.
+  tree, however it reached us; they may accept it. (Not one whose sender
+  is banned in our current state: see ``Federation._on_room_update``.)
 - Failures: an unreachable or silent destination, or a transient refusal
   (``M_UNKNOWN``, ``M_LIMIT_EXCEEDED``), keeps its items and backs off:
   ``backoff_initial`` seconds doubling up to ``backoff_max`` (after a

@@ -69,7 +69,7 @@ from p2pserver.federation.membership import check_membership_event, stripped_sta
 from p2pserver.federation.queries import DefaultQueries, EduHandler, QueryHandler
 from p2pserver.federation.sender import FederationSender
 from p2pserver.federation.sync import RoomSync
-from p2pserver.federation.view import has_dag, server_in_room
+from p2pserver.federation.view import ever_member, has_dag, server_in_room
 from p2pserver.rooms.errors import AuthError, EventFormatError, MatrixError
 from p2pserver.rooms.events import Event, sender_server
 from p2pserver.rooms.receipt import REJECT, verify_event
@@ -278,9 +278,13 @@ class FederationServer:
             # sent while it was joined, and one whose own view still has it
             # joined (its removal came by a branch it never received) must
             # learn of the removal: see the module docstring.
-            owed = any(self.engine.server_joined_at(origin, room_id, e) for e in latest)
+            checks = p.MAX_STALE_VIEW_CHECKS
+            if not ever_member(self.store, room_id, origin):
+                raise
+            owed = any(self.engine.server_joined_at(origin, room_id, e) for e in latest[:checks])
             stale = any(
-                self.engine.server_joined_at(origin, room_id, e, before=False) for e in earliest
+                self.engine.server_joined_at(origin, room_id, e, before=False)
+                for e in earliest[:checks]
             )
             if not (owed or stale):
                 raise

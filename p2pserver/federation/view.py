@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from p2pserver.rooms.errors import MatrixError
-from p2pserver.rooms.events import Event
+from p2pserver.rooms.events import Event, sender_server
 from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
@@ -67,6 +67,18 @@ def room_servers(store: Store, room_id: str) -> set[str]:
 def server_in_room(store: Store, room_id: str, server: str) -> bool:
     """Whether ``server`` has a user joined or invited in the room's current state."""
     return store.server_joined(room_id, server) or store.server_invited(room_id, server)
+
+
+def ever_member(store: Store, room_id: str, server: str) -> bool:
+    """Whether a user of ``server`` has a membership (of any kind) in the room's current state.
+
+    A cheap first test before asking at which events it was joined: a
+    server removed from the room keeps its users' leave or ban there.
+    """
+    return any(
+        event_type == "m.room.member" and sender_server(state_key) == server
+        for event_type, state_key in store.current_state(room_id)
+    )
 
 
 def shared_rooms(store: Store, server: str, room_ids: Iterable[str] | None = None) -> list[str]:

@@ -21,6 +21,9 @@ from p2pserver.rooms.room_versions import RoomVersion
 
 StateKey = tuple[str, str]  # (event type, state_key)
 
+# Events that only merge forward extremities (Synapse's type): never shown to clients.
+DUMMY_EVENT_TYPE = "org.matrix.dummy_event"
+
 # The state a client is shown of a room it is invited to or knocked on
 # (spec: "Stripped state").
 STRIPPED_STATE_TYPES = (

@@ -322,3 +322,46 @@ def test_startup_endpoints(node: Node) -> None:
         ).json()
         assert {"user_id": user, "display_name": "Zed Searchable"} in found["results"]
         assert http.get(f"{V3}/profile/@nobody:{node.server_name}").status_code == 404
+
+
+def test_merge_events_are_never_shown(node: Node) -> None:
+    """org.matrix.dummy_event only merges forward extremities (federation/merging.py)."""
+    import trio
+
+    from p2pserver.rooms.events import DUMMY_EVENT_TYPE
+
+    with node.http() as http:
+        user_id, token = register_raw(http)
+        room_id = http.post("/_matrix/client/v3/createRoom", json={}, headers=auth(token)).json()[
+            "room_id"
+        ]
+        dummy = trio.from_thread.run(
+            node.api.engine.send_event,
+            room_id,
+            user_id,
+            DUMMY_EVENT_TYPE,
+            {},
+            trio_token=node._token,
+        )
+        sent = http.put(
+            f"/_matrix/client/v3/rooms/{room_id}/send/m.room.message/t1",
+            json={"msgtype": "m.text", "body": "after"},
+            headers=auth(token),
+        ).json()["event_id"]
+        timeline = http.get("/_matrix/client/v3/sync", headers=auth(token)).json()["rooms"]["join"][
+            room_id
+        ]["timeline"]["events"]
+        messages = http.get(
+            f"/_matrix/client/v3/rooms/{room_id}/messages",
+            params={"dir": "b", "limit": 50},
+            headers=auth(token),
+        ).json()["chunk"]
+        for events in (timeline, messages):
+            ids = [e["event_id"] for e in events]
+            assert sent in ids and dummy not in ids
+        assert (
+            http.get(
+                f"/_matrix/client/v3/rooms/{room_id}/event/{dummy}", headers=auth(token)
+            ).status_code
+            == 404
+        )
