@@ -1608,15 +1608,14 @@ class RoomEngine:
     def server_joined_at(
         self, server_name: str, room_id: str, event_id: str, *, before: bool = True
     ) -> bool:
-        """Whether ``server_name`` had a user joined just after the event (or, with
-        ``before``, just before it): the event must be of ``room_id``."""
+        """Whether ``server_name`` had a user joined just after the event (with
+        ``before``, or just before it); the event must be of ``room_id``."""
         meta = self.store.event_meta(event_id)
         if meta is None or meta.room_id != room_id:
             return False
-        return any(
-            server_name in (self.joined_servers_at(event_id, after=after) or ())
-            for after in ((False, True) if before else (True,))
-        )
+        if server_name in (self.joined_servers_at(event_id, after=True) or ()):
+            return True
+        return before and server_name in (self.joined_servers_at(event_id) or ())
 
     def _state_maps_at(self, meta: EventMeta) -> list[StateMap]:
         groups = dict.fromkeys(g for g in (meta.state_before, meta.state_after) if g is not None)

@@ -50,7 +50,6 @@ from p2pserver.storage.store import IN_DAG, EventStatus, Store
 
 logger = logging.getLogger(__name__)
 
-MERGE_EVENT_TYPE = DUMMY_EVENT_TYPE
 MERGE_DELAY = 10.0
 # Soft-failed heads of one peer judged again per exchange and room.
 MAX_REJUDGED_HEADS = 4
@@ -126,7 +125,7 @@ class ExtremityMerger:
         if not local:
             return None
         try:
-            event_id = await self.engine.send_event(room_id, local[0], MERGE_EVENT_TYPE, {})
+            event_id = await self.engine.send_event(room_id, local[0], DUMMY_EVENT_TYPE, {})
         except MatrixError as exc:  # e.g. our users may not send events in this room
             logger.info("cannot merge the extremities of %s: %s", room_id, exc)
             return None

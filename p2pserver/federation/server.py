@@ -42,9 +42,10 @@ in the room when one of the events it names had it joined:
   it fetches what was sent while it was joined (it is owed those);
 - walking back to its own forward extremities (``earliest_events``), one
   of which it was joined after (its view still has it joined), it learns
-  what superseded that view. Its removal may sit in a branch it never received, or follow only from merging branches (state
-  resolution), so no push ever targeted it; without this it would believe
-  itself joined forever, and every other server would refuse it.
+  what superseded that view. Its removal may sit in a branch it never
+  received, or follow only from merging branches (state resolution), so no
+  push ever targeted it; without this it would believe itself joined
+  forever, and every other server would refuse it.
 
 As for any server, what it may not see comes redacted: it learns the
 room's state skeleton (memberships, power levels, join rules), which it
@@ -69,7 +70,7 @@ from p2pserver.federation.membership import check_membership_event, stripped_sta
 from p2pserver.federation.queries import DefaultQueries, EduHandler, QueryHandler
 from p2pserver.federation.sender import FederationSender
 from p2pserver.federation.sync import RoomSync
-from p2pserver.federation.view import ever_member, has_dag, server_in_room
+from p2pserver.federation.view import has_dag, joined_at_any, server_in_room
 from p2pserver.rooms.errors import AuthError, EventFormatError, MatrixError
 from p2pserver.rooms.events import Event, sender_server
 from p2pserver.rooms.receipt import REJECT, verify_event
@@ -278,15 +279,8 @@ class FederationServer:
             # sent while it was joined, and one whose own view still has it
             # joined (its removal came by a branch it never received) must
             # learn of the removal: see the module docstring.
-            checks = p.MAX_STALE_VIEW_CHECKS
-            if not ever_member(self.store, room_id, origin):
-                raise
-            owed = any(self.engine.server_joined_at(origin, room_id, e) for e in latest[:checks])
-            stale = any(
-                self.engine.server_joined_at(origin, room_id, e, before=False)
-                for e in earliest[:checks]
-            )
-            if not (owed or stale):
+            owed = joined_at_any(self.engine, room_id, origin, latest)
+            if not owed and not joined_at_any(self.engine, room_id, origin, earliest, before=False):
                 raise
         events = self.engine.on_get_missing_events(
             origin,

@@ -89,9 +89,9 @@ from p2pserver.federation.fanout import DEFAULT_FANOUT
 from p2pserver.federation.knowledge import PeerKnowledge
 from p2pserver.federation.merging import ExtremityMerger
 from p2pserver.federation.view import (
-    ever_member,
     has_dag,
     held_in_dag,
+    joined_at_any,
     room_servers,
     server_in_room,
     shared_rooms,
@@ -299,12 +299,8 @@ class RoomSync:
         for room_id, heads in checked.items():
             if not has_dag(self.store, room_id):
                 continue
-            if not server_in_room(self.store, room_id, origin) and not (
-                ever_member(self.store, room_id, origin)
-                and any(
-                    self.engine.server_joined_at(origin, room_id, h, before=False)
-                    for h in heads[: p.MAX_STALE_VIEW_CHECKS]
-                )
+            if not server_in_room(self.store, room_id, origin) and not joined_at_any(
+                self.engine, room_id, origin, heads, before=False
             ):
                 continue
             answer[room_id] = self._heads(room_id)

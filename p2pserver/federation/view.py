@@ -1,17 +1,19 @@
 """Questions the federation layer asks about rooms, answered from the store.
 
 Read-only helpers over :class:`~p2pserver.storage.store.Store` public
-methods, shared by the sender, the server and the pull loop, so each rule
+methods (and the engine's state lookups, for :func:`joined_at_any`), shared by the sender, the server and the pull loop, so each rule
 ("is this server in the room?", "do we hold this event?") is written once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from p2pserver.engine.engine import RoomEngine
+from p2pserver.federation.protocol import MAX_STALE_VIEW_CHECKS
 from p2pserver.rooms.errors import MatrixError
-from p2pserver.rooms.events import Event, sender_server
+from p2pserver.rooms.events import Event
 from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
@@ -69,15 +71,27 @@ def server_in_room(store: Store, room_id: str, server: str) -> bool:
     return store.server_joined(room_id, server) or store.server_invited(room_id, server)
 
 
-def ever_member(store: Store, room_id: str, server: str) -> bool:
-    """Whether a user of ``server`` has a membership (of any kind) in the room's current state.
+def joined_at_any(
+    engine: RoomEngine,
+    room_id: str,
+    server: str,
+    event_ids: Sequence[str],
+    *,
+    before: bool = True,
+) -> bool:
+    """Whether ``server``, no longer in the room, had a user joined just after one of
+    ``event_ids`` (with ``before``, or just before it).
 
-    A cheap first test before asking at which events it was joined: a
-    server removed from the room keeps its users' leave or ban there.
+    Each event costs a state lookup, so only a server with a membership in
+    the current state (one removed keeps its users' leave or ban there) is
+    looked at, and only the first :data:`~p2pserver.federation.protocol.MAX_STALE_VIEW_CHECKS`
+    events it names.
     """
+    if not engine.store.server_has_member(room_id, server):
+        return False
     return any(
-        event_type == "m.room.member" and sender_server(state_key) == server
-        for event_type, state_key in store.current_state(room_id)
+        engine.server_joined_at(server, room_id, e, before=before)
+        for e in event_ids[:MAX_STALE_VIEW_CHECKS]
     )
 
 

@@ -865,13 +865,21 @@ class Store:
 
     def server_invited(self, room_id: str, server_name: str) -> bool:
         """Whether a user of ``server_name`` is invited to the room (current state)."""
+        return self.server_has_member(room_id, server_name, "invite")
+
+    def server_has_member(
+        self, room_id: str, server_name: str, membership: str | None = None
+    ) -> bool:
+        """Whether a user of ``server_name`` has a membership in the room's current state
+        (of kind ``membership``; any kind, even a leave or a ban, if None)."""
         suffix = ":" + server_name
-        row = self.db.query_one(
-            """SELECT 1 FROM current_state WHERE room_id = ? AND type = ?
-               AND membership = 'invite' AND substr(state_key, -?) = ? LIMIT 1""",
-            (room_id, MEMBER, len(suffix), suffix),
-        )
-        return row is not None
+        sql = """SELECT 1 FROM current_state WHERE room_id = ? AND type = ?
+                 AND substr(state_key, -?) = ?"""
+        args: tuple[object, ...] = (room_id, MEMBER, len(suffix), suffix)
+        if membership is not None:
+            sql += " AND membership = ?"
+            args += (membership,)
+        return self.db.query_one(sql + " LIMIT 1", args) is not None
 
     def current_membership(self, room_id: str, user_id: str) -> str | None:
         row = self.db.query_one(

@@ -17,7 +17,7 @@ import trio.testing
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.federation import Federation, FederationConfig, build_federation
 from p2pserver.rooms.signing import SigningKey
-from p2pserver.storage.store import Store
+from p2pserver.storage.store import EventStatus, Store
 from p2pserver.transport.memory import MemoryHub, MemoryNetwork
 
 CONFIG = FederationConfig(fanout=4, sync_interval=30.0, announce_delay=0.2, backoff_initial=1.0)
@@ -89,6 +89,11 @@ class Node:
         meta = self.store.event_meta(event_id)
         return meta is not None and meta.status == "accepted"
 
+    def status(self, event_id: str) -> EventStatus | None:
+        """How the event is stored here (None: not at all)."""
+        meta = self.store.event_meta(event_id)
+        return None if meta is None else meta.status
+
 
 def cluster(count: int, *, latency: float = 0.005, **kwargs: Any) -> tuple[MemoryHub, list[Node]]:
     """``count`` nodes that know each other's addresses (links all up)."""
@@ -131,3 +136,13 @@ async def shared_room(nodes: list[Node], *, preset: str = "public_chat") -> str:
 def same_heads(nodes: list[Node], room_id: str) -> bool:
     heads = [set(n.store.forward_extremities(room_id)) for n in nodes]
     return all(h == heads[0] for h in heads)
+
+
+async def set_power(node: Node, room_id: str, users: dict[str, int]) -> str:
+    """``node``'s user u0 gives ``users`` these power levels (the rest unchanged)."""
+    power = node.store.load_event(node.store.current_state(room_id)[("m.room.power_levels", "")])
+    assert power is not None
+    content = {**power.content, "users": {**power.content["users"], **users}}
+    return await node.engine.send_event(
+        room_id, node.user("u0"), "m.room.power_levels", content, state_key=""
+    )

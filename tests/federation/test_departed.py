@@ -173,13 +173,11 @@ def test_a_relay_passes_on_an_event_it_soft_failed_unless_its_sender_is_banned(r
             first, second = nodes[order[1]], nodes[order[2]]
             hub.set_link(c.server_name, first.server_name, up=True)
 
-            def soft_failed_at(node) -> bool:
-                meta = node.store.event_meta(message)
-                return meta is not None and meta.status == EventStatus.SOFT_FAILED
-
-            await wait_until(lambda: soft_failed_at(first), timeout=60)
+            await wait_until(lambda: first.status(message) == EventStatus.SOFT_FAILED, timeout=60)
             if removal == "kick":
-                await wait_until(lambda: soft_failed_at(second), timeout=60)
+                await wait_until(
+                    lambda: second.status(message) == EventStatus.SOFT_FAILED, timeout=60
+                )
             else:
                 await trio.sleep(120)
                 assert second.store.event_meta(message) is None

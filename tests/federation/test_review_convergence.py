@@ -1,7 +1,5 @@
-"""Review of the convergence changes (8d5e0c5, df692ee, f26fc7c, fc2e05c): faults found.
-
-Each test fails on the code as reviewed; see the review report for the fixes.
-"""
+"""Faults a review of the reconciling changes found (merging.py, judging soft-failed
+events again, pulls by servers no longer in the room): bounded work, whole chains."""
 
 from __future__ import annotations
 
@@ -9,21 +7,7 @@ import trio
 
 from p2pserver.storage.store import EventStatus
 
-from .conftest import cluster, run, shared_room, start_all, wait_until
-
-
-def _status(node, event_id: str) -> EventStatus | None:
-    meta = node.store.event_meta(event_id)
-    return None if meta is None else meta.status
-
-
-async def _set_power(node, room_id: str, users: dict[str, int]) -> str:
-    power = node.store.load_event(node.store.current_state(room_id)[("m.room.power_levels", "")])
-    assert power is not None
-    content = {**power.content, "users": {**power.content["users"], **users}}
-    return await node.engine.send_event(
-        room_id, node.user("u0"), "m.room.power_levels", content, state_key=""
-    )
+from .conftest import cluster, run, set_power, shared_room, start_all, wait_until
 
 
 def test_judging_a_soft_failed_head_again_is_not_repeated_for_every_message():
@@ -43,7 +27,7 @@ def test_judging_a_soft_failed_head_again_is_not_repeated_for_every_message():
             ban = await a.engine.ban(room_id, a.user("u0"), c.user("u2"))
             spam = await c.engine.send_message(room_id, c.user("u2"), {"body": "spam"})
             hub.set_link(a.server_name, c.server_name, up=True)
-            await wait_until(lambda: _status(a, spam) == EventStatus.SOFT_FAILED, timeout=60)
+            await wait_until(lambda: a.status(spam) == EventStatus.SOFT_FAILED, timeout=60)
             hub.partition([c.server_name], [a.server_name, b.server_name])
             assert a.store.current_membership(room_id, c.user("u2")) == "ban"
             assert a.has(ban)
@@ -62,7 +46,7 @@ def test_judging_a_soft_failed_head_again_is_not_repeated_for_every_message():
                 # The exchange with c (sync.py exchange -> merger.reconcile).
                 await a.fed.sync.merger.reconcile(c.server_name, room_id, [spam])
             assert a.store.room(room_id).current_state_group == state  # type: ignore[union-attr]
-            assert _status(a, spam) == EventStatus.SOFT_FAILED
+            assert a.status(spam) == EventStatus.SOFT_FAILED
             assert resolved.count(spam) <= 1, f"{resolved.count(spam)} resolutions for 5 messages"
             nursery.cancel_scope.cancel()
 
@@ -123,16 +107,16 @@ def test_every_soft_failed_event_of_a_head_judged_again_is_accepted_with_it():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
-            levels = await _set_power(a, room_id, {b.user("u1"): 50})
+            levels = await set_power(a, room_id, {b.user("u1"): 50})
             await wait_until(lambda: b.has(levels) and c.has(levels))
             hub.partition([a.server_name], [b.server_name], [c.server_name])
             await b.engine.kick(room_id, b.user("u1"), c.user("u2"))
-            demote = await _set_power(a, room_id, {b.user("u1"): 0})
+            demote = await set_power(a, room_id, {b.user("u1"): 0})
             first = await c.engine.send_message(room_id, c.user("u2"), {"body": "one"})
             second = await c.engine.send_message(room_id, c.user("u2"), {"body": "two"})
             hub.set_link(b.server_name, c.server_name, up=True)
             await wait_until(
-                lambda: _status(b, first) == _status(b, second) == EventStatus.SOFT_FAILED,
+                lambda: b.status(first) == b.status(second) == EventStatus.SOFT_FAILED,
                 timeout=60,
             )
             hub.heal()
@@ -141,7 +125,7 @@ def test_every_soft_failed_event_of_a_head_judged_again_is_accepted_with_it():
             assert b.store.current_membership(room_id, c.user("u2")) == "join"
             assert a.has(first)
             await trio.sleep(120)
-            assert b.has(first), f"first message is {_status(b, first)} at b, accepted at a"
+            assert b.has(first), f"first message is {b.status(first)} at b, accepted at a"
             nursery.cancel_scope.cancel()
 
     run(main)
