@@ -1676,6 +1676,16 @@ class RoomEngine:
         """History visibility for a server: may one of its users see the event?"""
         if server_name == self.server_name:
             return True
+        return self._server_allowed(server_name, event_id)
+
+    def entitled_to_content(self, event_id: str) -> bool:
+        """Whether, by our own view of the state at the event, the rules let
+        our server see its content: a stripped copy of such an event came from
+        a server that had not yet learnt of our membership, and others serve it
+        whole (:meth:`p2pserver.federation.sync.RoomSync.restore_stripped`)."""
+        return self._server_allowed(self.server_name, event_id)
+
+    def _server_allowed(self, server_name: str, event_id: str) -> bool:
         meta = self.store.event_meta(event_id)
         if meta is None or meta.status == EventStatus.REJECTED:
             return False

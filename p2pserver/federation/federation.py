@@ -205,6 +205,18 @@ class Federation:
             # A user of ours joined: the history we hold stripped (we were
             # only invited) may now be served whole.
             self._spawn(self.sync.restore_stripped, update.room_id)
+        elif (
+            event is not None
+            and event.redacted
+            and not update.local
+            and self.server_name in self.store.joined_servers(update.room_id)
+            and self.engine.entitled_to_content(event.event_id)
+        ):
+            # Stripped, though by our state at it we may see it: the server
+            # we fetched it from had not learnt of our join yet (found by the
+            # outage scenario, where a message reached one node stripped for
+            # good). Others serve it whole.
+            self._spawn(self.sync.restore_stripped, update.room_id)
 
     async def _follow_peers(self, channel: trio.MemoryReceiveChannel[PeerEvent]) -> None:
         while True:

@@ -15,25 +15,26 @@ handles both.
    (:meth:`~p2pserver.engine.engine.RoomEngine.reconsider_soft_failed`):
    if it passes, we accept it and both sides have the same heads.
 2. We accepted an event the peer soft failed, and it still fails there
-   (seed 15: its sender is kicked however the branches resolve). Its
-   parent P is the peer's head, while ours is the event: the peer reports
-   P, which we accepted but hold only as an ancestor of our heads. Only we
-   can reference the event, so we send an ``org.matrix.dummy_event``
-   (Synapse's type for merging extremities; never shown to clients) whose
-   prev_events are our extremities. The peer computes the state before it
-   from those prev events, as we did, and accepts it (our user is joined).
-   Then both have that one event as head.
+   (seed 15: its sender is kicked however the branches resolve; seed 13:
+   the same, on a branch forked from further back). It is our extremity
+   and not the peer's, and only we can reference it, so we send an
+   ``org.matrix.dummy_event`` (Synapse's type for merging extremities;
+   never shown to clients) whose prev_events are our extremities. The peer
+   computes the state before it from those prev events, as we did, and
+   accepts it (our user is joined). Then both have that one event as head.
 
 When to merge (2): in two exchanges with the same peer at least
 :data:`MERGE_DELAY` apart, the peer reported the same heads and
 :func:`unreconciled` held: we have two or more extremities, hold every head
-it reported, and accepted one of them that is not among ours. (The peer
-either soft-failed or rejected what we built on it, or still lacks it; the
-delay and the second look rule out the latter, since the first exchange
-made it pull.) The peer never merges on its side of the same situation,
-because the head it lacks as an extremity is one it soft failed. After
-merging we have one extremity, so we do not merge again until the room
-branches anew.
+it reported, and one of our extremities is neither among its heads nor a
+prev event of one of them. (The peer either soft-failed or rejected that
+extremity, or still lacks it; the delay and the second look rule out the
+latter, since the first exchange made it pull.) The peer does not merge on
+its side of the same situation: what it has and we lack as an extremity is
+the soft-failed event's parent, a prev event of our head. (Should both
+sides soft-fail a head of the other, both merge, and the two merge events
+end as the common heads.) After merging we have one extremity, so we do not
+merge again until the room branches anew.
 """
 
 from __future__ import annotations
@@ -65,7 +66,11 @@ def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool
         return False  # it holds events we lack: pulling comes first
     if any(m.room_id != room_id or m.status not in IN_DAG for m in metas.values()):
         return False
-    return any(m.status == EventStatus.ACCEPTED and m.event_id not in ours for m in metas.values())
+    theirs = store.load_events(metas)
+    covered = set(theirs)
+    for event in theirs.values():
+        covered.update(event.prev_event_ids)
+    return not ours <= covered
 
 
 class ExtremityMerger:

@@ -434,7 +434,10 @@ class RoomSync:
         not serve us yet (our join may not have reached it): the next one
         is tried, and the round repeated with backoff for up to
         :data:`RESTORE_PATIENCE` seconds. One server that serves whole is
-        enough: what stays stripped is what our users may not see.
+        enough: what stays stripped is what our users may not see. Only
+        events that our own view of the room lets us see are asked for:
+        others stay stripped (e.g. sent while we were away from a room whose
+        history is for joined members only).
         """
         if room_id in self._restoring:
             return 0
@@ -444,7 +447,11 @@ class RoomSync:
             delay = 1.0
             deadline = trio.current_time() + RESTORE_PATIENCE
             while self.server_name in room_servers(self.store, room_id):
-                stripped = self.store.stripped_event_ids(room_id, limit=MAX_RESTORED)
+                stripped = [
+                    event_id
+                    for event_id in self.store.stripped_event_ids(room_id, limit=MAX_RESTORED)
+                    if self.engine.entitled_to_content(event_id)
+                ]
                 if not stripped:
                     break
                 connected = self.network.connected_peers()

@@ -142,3 +142,29 @@ async def test_a_stripped_copy_is_replaced_by_the_full_event(tmp_path: Path) -> 
     reopened = Store.open(tmp_path / "b.db")
     assert reopened.load_event(hello).content == {"body": "hello"}  # type: ignore[union-attr]
     reopened.close()
+
+
+@trio_test
+async def test_a_server_is_entitled_to_what_its_own_view_lets_it_see() -> None:
+    """What decides whether a stripped copy is worth fetching whole again:
+    under "joined" history, what was sent while our users were away stays
+    stripped; what was sent while one was joined may be seen."""
+    room, a, alice = await _room_with_visibility("joined")
+    b, bob = room.engines[1], room.users[1]
+    rid = room.room_id
+    present = await a.send_message(rid, alice, {"body": "while bob is here"})
+    await room.net.deliver()
+    await b.leave(rid, bob)
+    await room.net.deliver()
+    away = await a.send_message(rid, alice, {"body": "while bob is away"})
+    await b.join(rid, bob)
+    await room.net.deliver()
+    served = a.on_get_event(b.server_name, away)
+    assert "body" not in served["content"]  # a strips it: bob was away
+    await b.receive_pdu(a.server_name, served)
+    held = b.store.load_event(away)
+    assert held is not None and held.redacted
+    assert b.entitled_to_content(present)
+    assert not b.entitled_to_content(away)
+    assert a.may_server_see_event(b.server_name, present)
+    assert not a.may_server_see_event(b.server_name, away)

@@ -10,6 +10,7 @@ import trio
 from p2pserver.engine.engine import Forbidden
 from p2pserver.federation.fanout import EventTree
 from p2pserver.rooms.events import Event
+from p2pserver.rooms.redaction import redact
 from p2pserver.storage.store import EventStatus
 
 from .conftest import CONFIG, cluster, run, shared_room, start_all, wait_until
@@ -180,6 +181,37 @@ def test_a_relay_passes_on_an_event_it_soft_failed_unless_its_sender_is_banned(r
             else:
                 await trio.sleep(120)
                 assert second.store.event_meta(message) is None
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_message_received_stripped_while_joined_is_fetched_whole():
+    """A server that has not learnt of c's join yet serves c a message
+    stripped; c is joined, so it must get the whole copy from another server
+    (found by the outage scenario: one node kept a message stripped for good)."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            hub.partition([c.server_name], [a.server_name, b.server_name])
+            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
+            await wait_until(lambda: b.has(message))
+            for node in (a, b):  # every push to c is lost
+                node.store.outbound.ack(c.server_name, 2**62)
+            hub.heal()
+            pdu = a.store.load_event(message)
+            version = a.store.room_version(room_id)
+            assert pdu is not None and version is not None
+            stripped = redact(pdu.get_pdu_json(), version)
+            await c.engine.receive_pdu(b.server_name, stripped)
+            copy = c.store.load_event(message)
+            assert copy is not None and copy.redacted
+            await wait_until(lambda: not c.store.event_meta(message).redacted, timeout=120)
+            whole = c.store.load_event(message)
+            assert whole is not None and whole.content["body"] == "whole"
             nursery.cancel_scope.cancel()
 
     run(main)
