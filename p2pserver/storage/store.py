@@ -590,14 +590,16 @@ class Store:
     # -- the DAG --------------------------------------------------------------
 
     def forward_extremities(self, room_id: str) -> list[str]:
-        """The room's forward extremities, deepest first."""
+        """The room's forward extremities, deepest first, then by event ID: the
+        same order on every server, so lists cut short (``room_heads``, prev
+        events) compare alike."""
         cached = self._extremities.get(room_id)
         if cached is None:
             cached = tuple(
                 r[0]
                 for r in self.db.query(
                     """SELECT e.event_id FROM forward_extremities f JOIN events e USING (event_nid)
-                       WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_nid DESC""",
+                       WHERE f.room_id = ? ORDER BY e.depth DESC, e.event_id""",
                     (room_id,),
                 )
             )
@@ -626,9 +628,7 @@ class Store:
                 "INSERT INTO forward_extremities (room_id, event_nid) VALUES (?, ?)",
                 (room_id, metas[event_id].nid),
             )
-        self._extremities[room_id] = tuple(
-            sorted(new, key=lambda e: (metas[e].depth, metas[e].nid), reverse=True)
-        )
+        self._extremities[room_id] = tuple(sorted(new, key=lambda e: (-metas[e].depth, e)))
 
     def has_children(self, event_id: str) -> bool:
         """Whether any event in the DAG lists ``event_id`` as a prev event (rarely, for a new one)."""

@@ -101,3 +101,22 @@ async def test_listeners_hear_commits_in_order_and_waiters_wake() -> None:
     remove()
     await engine.send_message(rid, room.users[0], {"body": "unheard"})
     assert len(heard) == 2
+
+
+@trio_test
+async def test_every_server_lists_the_same_extremities_in_the_same_order() -> None:
+    """Lists of heads are cut short (room_heads, prev events), so servers
+    holding the same extremities must order them alike: deepest first, then
+    by event ID, whatever order the events arrived in."""
+    room = await make_room(3)
+    rid = room.room_id
+    sent = [
+        await engine.send_message(rid, member, {"body": "concurrent"})
+        for engine, member in zip(room.engines, room.users, strict=True)
+    ]
+    await room.net.deliver()
+    expected = sorted(sent)  # one depth: the three were sent on the same extremity
+    for engine in room.engines:
+        assert engine.store.forward_extremities(rid) == expected
+        engine.store.clear_caches()
+        assert engine.store.forward_extremities(rid) == expected
