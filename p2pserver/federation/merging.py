@@ -33,18 +33,28 @@ latter, since the first exchange made it pull.) The peer does not merge on
 its side of the same situation: what it has and we lack as an extremity is
 the soft-failed event's parent, a prev event of our head. (Should both
 sides soft-fail a head of the other, both merge, and the two merge events
-end as the common heads.) After merging we have one extremity, so we do not
-merge again until the room branches anew.
+end as the common heads.)
+
+Bounds. A ``room_heads`` list is cut at :data:`MAX_HEADS_PER_ROOM`, and every
+server orders extremities alike (deepest first, then by event ID), so when
+the peer's list is full only our extremities up to its last one are
+judged. We merge at most once for the same heads of the same peer: a peer
+that keeps reporting stale heads (dishonest, or broken) costs one merge
+event, not one per exchange. The merge is sent by the first of our joined
+users whose power allows it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 import trio
 
 from p2pserver.engine.engine import RoomEngine
+from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import DUMMY_EVENT_TYPE, sender_server
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
@@ -54,6 +64,11 @@ logger = logging.getLogger(__name__)
 MERGE_DELAY = 10.0
 # Soft-failed heads of one peer judged again per exchange and room.
 MAX_REJUDGED_HEADS = 4
+# (peer, room) pairs remembered, least recently seen forgotten first.
+MAX_REMEMBERED = 4096
+
+K = TypeVar("K")
+V = TypeVar("V")
 
 
 def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool:
@@ -70,6 +85,11 @@ def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool
     covered = set(theirs)
     for event in theirs.values():
         covered.update(event.prev_event_ids)
+    if len(their_heads) >= MAX_HEADS_PER_ROOM:
+        # Cut short: it may hold, past the cut, ours that sort after its last.
+        ours_metas = store.event_metas(ours)
+        last = max((-m.depth, m.event_id) for m in metas.values())
+        ours = {e for e, m in ours_metas.items() if (-m.depth, e) <= last}
     return not ours <= covered
 
 
@@ -86,7 +106,10 @@ class ExtremityMerger:
         self.delay = delay
         self.clock = clock
         # (peer, room) -> (the heads it reported, when we first saw them unreconciled)
-        self._seen: dict[tuple[str, str], tuple[frozenset[str], float]] = {}
+        self._seen: OrderedDict[tuple[str, str], tuple[frozenset[str], float]] = OrderedDict()
+        # (peer, room) -> the heads we last merged for: once is enough (a peer
+        # that keeps reporting stale heads must not make us merge forever).
+        self._merged_for: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
         self.merges = 0  # for tests and metrics
 
     async def reconcile(self, peer: str, room_id: str, their_heads: Sequence[str]) -> None:
@@ -106,18 +129,22 @@ class ExtremityMerger:
     def observe(self, peer: str, room_id: str, their_heads: Sequence[str]) -> bool:
         """Record a peer's heads; whether we should merge our extremities now."""
         key = (peer, room_id)
+        heads = frozenset(their_heads)
+        if self._merged_for.get(key) == heads:
+            return False
+        self._merged_for.pop(key, None)
         if not unreconciled(self.store, room_id, their_heads):
             self._seen.pop(key, None)
             return False
-        heads = frozenset(their_heads)
         now = self.clock()
         seen = self._seen.get(key)
         if seen is None or seen[0] != heads:
-            self._seen[key] = (heads, now)
+            _remember(self._seen, key, (heads, now))
             return False
         if now - seen[1] < self.delay:
             return False
         del self._seen[key]
+        _remember(self._merged_for, key, heads)
         return True
 
     async def merge(self, room_id: str) -> str | None:
@@ -127,13 +154,21 @@ class ExtremityMerger:
             for u in self.store.joined_members(room_id)
             if sender_server(u) == self.engine.server_name
         )
-        if not local:
-            return None
-        try:
-            event_id = await self.engine.send_event(room_id, local[0], DUMMY_EVENT_TYPE, {})
-        except MatrixError as exc:  # e.g. our users may not send events in this room
-            logger.info("cannot merge the extremities of %s: %s", room_id, exc)
-            return None
-        self.merges += 1
-        logger.info("merged the forward extremities of %s with %s", room_id, event_id)
-        return event_id
+        for user_id in local:  # the first who may send it (as Synapse does)
+            try:
+                event_id = await self.engine.send_event(room_id, user_id, DUMMY_EVENT_TYPE, {})
+            except MatrixError as exc:  # e.g. too little power in an announcement room
+                logger.debug("%s cannot merge the extremities of %s: %s", user_id, room_id, exc)
+                continue
+            self.merges += 1
+            logger.info("merged the forward extremities of %s with %s", room_id, event_id)
+            return event_id
+        logger.info("no user of ours may merge the extremities of %s", room_id)
+        return None
+
+
+def _remember(memo: OrderedDict[K, V], key: K, value: V) -> None:
+    memo[key] = value
+    memo.move_to_end(key)
+    while len(memo) > MAX_REMEMBERED:
+        memo.popitem(last=False)

@@ -1,15 +1,14 @@
 """Review of 7afe357: the merge rule (:func:`p2pserver.federation.merging.unreconciled`).
 
-Each ``xfail(strict=True)`` is a fault found on the code as committed; its
-reason says what goes wrong. They pass (and so turn strict failures) once
-the fault is fixed.
+Each test is a fault found on the code as committed (they were strict
+xfails until fixed): cut-short head lists, a stale peer, a merging user
+without power.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import trio
 
 from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
@@ -72,12 +71,6 @@ def is_whole(node: Node, event_id: str) -> bool:
 # -- merging ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="room_heads carries at most MAX_HEADS_PER_ROOM (20) heads, so with more "
-    "extremities the ones past the cut are 'neither a head nor a prev event of one' on "
-    "both sides: servers holding identical extremities both merge (the old rule did not)",
-)
 def test_servers_holding_the_same_many_extremities_do_not_merge():
     """40 forks of one event (as 40 servers sending during a split would
     make), held by both a and b: same events, same extremities, same state.
@@ -104,12 +97,6 @@ def test_servers_holding_the_same_many_extremities_do_not_merge():
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a and b merge in the same periodic round (no jitter), so each ends with "
-    "two extremities (both merges) that the stale peer's heads never cover: they merge "
-    "again every sync_interval, forever (also so before 7afe357)",
-)
 def test_a_peer_reporting_stale_heads_does_not_make_two_servers_merge_forever():
     """d answers room_heads with the heads it had long ago (a dishonest
     peer, or one that can no longer store events). The room branches once
@@ -139,12 +126,6 @@ def test_a_peer_reporting_stale_heads_does_not_make_two_servers_merge_forever():
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ExtremityMerger.merge tries only the first local joined user in sort "
-    "order; if that one may not send the dummy event, no merge is sent even though "
-    "another local user could, and the divergence it was for stays",
-)
 def test_a_merge_is_sent_by_a_local_user_who_may_send_it():
     async def main():
         hub, (a, b) = cluster(2)
