@@ -1682,7 +1682,15 @@ class RoomEngine:
         """Whether, by our own view of the state at the event, the rules let
         our server see its content: a stripped copy of such an event came from
         a server that had not yet learnt of our membership, and others serve it
-        whole (:meth:`p2pserver.federation.sync.RoomSync.restore_stripped`)."""
+        whole (:meth:`p2pserver.federation.sync.RoomSync.restore_stripped`).
+
+        Not an outlier: with no state at it there is nothing to judge by
+        (clients never see one either, :meth:`may_user_see_event`). Should it
+        enter the DAG later, it is judged then.
+        """
+        meta = self.store.event_meta(event_id)
+        if meta is None or meta.status == EventStatus.OUTLIER:
+            return False
         return self._server_allowed(self.server_name, event_id)
 
     def _server_allowed(self, server_name: str, event_id: str) -> bool:

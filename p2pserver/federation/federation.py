@@ -30,6 +30,7 @@ our join: :meth:`~p2pserver.engine.engine.RoomEngine.accept_send_join`);
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -203,8 +204,8 @@ class Federation:
             and self._nursery is not None
         ):
             # A user of ours joined: the history we hold stripped (we were
-            # only invited) may now be served whole.
-            self._spawn(self.sync.restore_stripped, update.room_id)
+            # only invited) may now be served whole, also what was given up.
+            self._spawn(functools.partial(self.sync.restore_stripped, afresh=True), update.room_id)
         elif (
             event is not None
             and event.redacted

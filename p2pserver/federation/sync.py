@@ -73,7 +73,9 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -106,11 +108,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_SYNC_INTERVAL = 60.0
 DEFAULT_ANNOUNCE_DELAY = 0.5
 DEFAULT_MAX_CATCHUP_EVENTS = 5000
-# restore_stripped: how long to keep trying, how many stripped events to ask
-# for, and how many a server must strip again before we try another.
+# restore_stripped: how long a run keeps trying; how many stripped events it
+# asks for in a round, reading at most so many pages of that size; how many
+# a server must strip before we try another (and how many servers' definitive
+# answers, or rounds, make us give an event up); how many servers a round
+# asks; how many events' answers are remembered.
 RESTORE_PATIENCE = 600.0
 MAX_RESTORED = 1000
+RESTORE_SCAN_PAGES = 5
 RESTORE_PROBES = 3
+RESTORE_PASSES = 3
+RESTORE_SERVERS = 8
+RESTORE_MEMORY = 4096
 MAX_CONCURRENT_EXCHANGES = 8
 # backfill: how many servers to ask, how long each may take, and how long in all.
 BACKFILL_SERVERS = 3
@@ -136,6 +145,17 @@ def _ranker(*prefix: object) -> Callable[[str], bytes]:
         return h.digest()
 
     return rank
+
+
+@dataclass
+class _RestoreTries:
+    """What :meth:`RoomSync.restore_stripped` learnt about one stripped event."""
+
+    room_id: str
+    passes: int = 0  # rounds it was asked in and stayed stripped
+    stripped_by: set[str] = field(default_factory=set)  # definitive answers
+    not_before: float = 0.0  # not asked again until then
+    given_up: bool = False
 
 
 class RoomSync:
@@ -171,6 +191,7 @@ class RoomSync:
         self._nursery: trio.Nursery | None = None
         self._round = 0
         self._restoring: set[str] = set()
+        self._restore_tries: OrderedDict[str, _RestoreTries] = OrderedDict()
         self._filling: set[str] = set()
         # Counters for tests and benchmarks.
         self.exchanges = 0
@@ -421,24 +442,56 @@ class RoomSync:
                 return accepted
         return 0
 
-    async def restore_stripped(self, room_id: str) -> int:
+    async def restore_stripped(self, room_id: str, *, afresh: bool = False) -> int:
         """Fetch whole copies of the room's events we hold stripped; return how many we got.
 
         Servers strip the history they serve a server whose users are only
         invited, and serve it whole once one of them has joined (see
         :mod:`p2pserver.engine.visibility`); the engine replaces a stripped
         copy by a full one whose content hash verifies. So while a user of
-        ours is joined, the servers of the room are asked, connected ones
-        first, newest events first (at most :data:`MAX_RESTORED`). A server
-        that returns none of the first :data:`RESTORE_PROBES` whole does
-        not serve us yet (our join may not have reached it): the next one
-        is tried, and the round repeated with backoff for up to
-        :data:`RESTORE_PATIENCE` seconds. One server that serves whole is
-        enough: what stays stripped is what our users may not see. Only
-        events that our own view of the room lets us see are asked for:
-        others stay stripped (e.g. sent while we were away from a room whose
-        history is for joined members only).
+        ours is joined, the servers of the room are asked (connected ones
+        first, at most :data:`RESTORE_SERVERS` a round) for the events our
+        own view of the room lets us see
+        (:meth:`~p2pserver.engine.engine.RoomEngine.entitled_to_content`):
+        the rest stays stripped, e.g. what was sent while we were away from
+        a room whose history is for joined members only. The rules:
+
+        - Filter, then limit: the stripped events are read deepest first a
+          page at a time, at most :data:`RESTORE_SCAN_PAGES` pages a round
+          (the next round goes on from there, then from the top again), and
+          up to :data:`MAX_RESTORED` that qualify are asked for. However
+          many we may not see, they cannot hide one we may.
+        - A server that strips the first :data:`RESTORE_PROBES` it is asked
+          for and serves none whole does not serve us yet (our join may not
+          have reached it): the next one is asked. Its answers say nothing
+          about the events. Once a server serves one event whole it knows
+          our membership, so what it strips it holds only stripped (or
+          judges otherwise than we do): such answers are definitive, the
+          events it stripped before are asked again, and the others go on to
+          the next server.
+        - Some events no one holds whole: their content hash did not match
+          at the origin, so everyone stores them redacted. Every event is
+          given up once :data:`RESTORE_PROBES` servers (or every server we
+          asked, if fewer) answered it definitively, or it was asked in
+          :data:`RESTORE_PASSES` rounds. After each such round it waits,
+          longer each time, so that its rounds span most of
+          :data:`RESTORE_PATIENCE`: time for servers that strip because our
+          join has not reached them to learn of it. Events asked in fewer
+          rounds go first, so those behind cannot be crowded out.
+        - What was asked is remembered (in memory, for the last
+          :data:`RESTORE_MEMORY` events) across runs, which each stripped
+          arrival may start: however often runs start, an event is asked
+          for in at most :data:`RESTORE_PASSES` rounds, each asking a server
+          once (twice if it stripped the event before serving another
+          whole). A join of ours (``afresh``) forgets the room's events:
+          servers judge us anew.
+
+        A run repeats rounds with backoff for up to :data:`RESTORE_PATIENCE`
+        seconds, until nothing is left to ask; one runs per room at a time.
         """
+        if afresh:
+            for event_id in [e for e, t in self._restore_tries.items() if t.room_id == room_id]:
+                del self._restore_tries[event_id]
         if room_id in self._restoring:
             return 0
         self._restoring.add(room_id)
@@ -446,28 +499,19 @@ class RoomSync:
         try:
             delay = 1.0
             deadline = trio.current_time() + RESTORE_PATIENCE
+            cursor: str | None = None
             while self.server_name in room_servers(self.store, room_id):
-                stripped = [
-                    event_id
-                    for event_id in self.store.stripped_event_ids(room_id, limit=MAX_RESTORED)
-                    if self.engine.entitled_to_content(event_id)
-                ]
-                if not stripped:
+                ready, later, cursor = await self._restore_candidates(room_id, cursor)
+                if ready:
+                    restored += await self._restore_round(room_id, ready)
+                elif later is None and cursor is None:
+                    break  # nothing left to ask, now or later
+                wake = trio.current_time() + delay
+                if later is not None:
+                    wake = min(wake, later)
+                if wake > deadline:
                     break
-                connected = self.network.connected_peers()
-                servers = sorted(
-                    (s for s in room_servers(self.store, room_id) if s != self.server_name),
-                    key=lambda s: (s not in connected, _rank(room_id, s)),
-                )
-                served = False
-                for server in servers:
-                    got, served = await self._restore_from(server, room_id, stripped)
-                    restored += got
-                    if served:
-                        break
-                if served or trio.current_time() + delay > deadline:
-                    break
-                await trio.sleep(delay)
+                await trio.sleep_until(wake)
                 delay = min(delay * 2, 60.0)
         finally:
             self._restoring.discard(room_id)
@@ -475,28 +519,115 @@ class RoomSync:
             logger.info("restored %d stripped events of %s", restored, room_id)
         return restored
 
+    async def _restore_candidates(
+        self, room_id: str, cursor: str | None
+    ) -> tuple[list[str], float | None, str | None]:
+        """Events to ask for now, least asked first; when the next deferred
+        one is due; where the next round goes on reading (None: the top)."""
+        now = trio.current_time()
+        ready: list[str] = []
+        later: float | None = None
+        for _ in range(RESTORE_SCAN_PAGES):
+            page = self.store.stripped_event_ids(room_id, limit=MAX_RESTORED, after=cursor)
+            for event_id in page:
+                tries = self._restore_tries.get(event_id)
+                if tries is not None and tries.given_up:
+                    continue
+                if not self.engine.entitled_to_content(event_id):
+                    continue
+                if tries is not None and tries.not_before > now:
+                    later = tries.not_before if later is None else min(later, tries.not_before)
+                else:
+                    ready.append(event_id)
+            cursor = page[-1] if len(page) == MAX_RESTORED else None
+            if cursor is None or len(ready) >= MAX_RESTORED:
+                break
+            await trio.lowlevel.checkpoint()  # judging a page takes a while in a large room
+        passes = {e: t.passes for e in ready if (t := self._restore_tries.get(e)) is not None}
+        ready.sort(key=lambda e: passes.get(e, 0))  # stable: deepest first otherwise
+        return ready[:MAX_RESTORED], later, cursor
+
+    async def _restore_round(self, room_id: str, event_ids: list[str]) -> int:
+        """Ask the servers of the room for ``event_ids`` once; return how many came whole."""
+        connected = self.network.connected_peers()
+        servers = sorted(
+            (s for s in room_servers(self.store, room_id) if s != self.server_name),
+            key=lambda s: (s not in connected, _rank(room_id, s)),
+        )[:RESTORE_SERVERS]
+        needed = min(RESTORE_PROBES, len(servers))
+        definitive: dict[str, set[str]] = {}  # event -> servers that stripped it, this round
+        answered: set[str] = set()
+        restored: set[str] = set()
+        pending = list(event_ids)
+        for server in servers:
+            asking = [e for e in pending if server not in self._stripped_by(e)]
+            if not asking:
+                continue
+            whole, stripped, serves = await self._restore_from(server, room_id, asking)
+            restored.update(whole)
+            answered.update(stripped)
+            if serves:
+                for event_id in stripped:
+                    definitive.setdefault(event_id, set()).add(server)
+            pending = [
+                e
+                for e in pending
+                if e not in restored
+                and len(self._stripped_by(e) | definitive.get(e, set())) < needed
+            ]
+            if not pending:
+                break
+        now = trio.current_time()
+        for event_id in restored:
+            self._restore_tries.pop(event_id, None)
+        for event_id in answered - restored:
+            tries = self._restore_tries.pop(event_id, None) or _RestoreTries(room_id)
+            tries.passes += 1
+            tries.stripped_by |= definitive.get(event_id, set())
+            tries.given_up = tries.passes >= RESTORE_PASSES or len(tries.stripped_by) >= needed
+            # Rounds at 0, 1/4 and 3/4 of RESTORE_PATIENCE (with 3 passes).
+            tries.not_before = now + RESTORE_PATIENCE * 2.0 ** (tries.passes - RESTORE_PASSES)
+            self._restore_tries[event_id] = tries  # the newest last
+            while len(self._restore_tries) > RESTORE_MEMORY:
+                self._restore_tries.popitem(last=False)
+        return len(restored)
+
+    def _stripped_by(self, event_id: str) -> set[str]:
+        tries = self._restore_tries.get(event_id)
+        return tries.stripped_by if tries is not None else set()
+
     async def _restore_from(
         self, server: str, room_id: str, event_ids: list[str]
-    ) -> tuple[int, bool]:
-        """Ask ``server`` for ``event_ids``: (how many came whole, whether it serves us whole)."""
-        restored = 0
+    ) -> tuple[list[str], list[str], bool]:
+        """Ask ``server`` for ``event_ids``: those that came whole, those it
+        stripped, and whether it serves us whole (which makes its stripped
+        answers definitive)."""
+        whole: list[str] = []
+        stripped: list[str] = []
         # Stripped before the first whole one: our join may have reached the
         # server meanwhile, so they are asked for once more.
         early: list[str] = []
         for event_id in event_ids:
-            if not restored and len(early) == RESTORE_PROBES:
-                return 0, False  # it strips them all: it does not know our join yet
-            whole = await self._fetch_whole(server, room_id, event_id)
-            if whole is None:
+            if not whole and len(early) == RESTORE_PROBES:
+                break  # it strips them all: it does not know our join yet
+            got = await self._fetch_whole(server, room_id, event_id)
+            if got is None:
                 break  # unreachable
-            if whole:
-                restored += 1
-            elif not restored:
+            if got:
+                whole.append(event_id)
+            elif whole:
+                stripped.append(event_id)
+            else:
                 early.append(event_id)
-        if restored:
-            for event_id in early:
-                restored += bool(await self._fetch_whole(server, room_id, event_id))
-        return restored, restored > 0
+        if not whole:
+            return [], early, False
+        for event_id in early:
+            got = await self._fetch_whole(server, room_id, event_id)
+            if got:
+                whole.append(event_id)
+            elif got is not None:
+                stripped.append(event_id)
+        return whole, stripped, True
 
     async def _fetch_whole(self, server: str, room_id: str, event_id: str) -> bool | None:
         """Fetch one event for the engine; whether we now hold it whole (None: unreachable)."""

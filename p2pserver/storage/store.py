@@ -738,16 +738,24 @@ class Store:
             )
         ]
 
-    def stripped_event_ids(self, room_id: str, *, limit: int) -> list[str]:
-        """Events of the room held only redacted (and not rejected), deepest first."""
-        return [
-            r[0]
-            for r in self.db.query(
-                """SELECT event_id FROM events WHERE room_id = ? AND redacted = 1
-                   AND status != 'rejected' ORDER BY depth DESC LIMIT ?""",
-                (room_id, limit),
-            )
-        ]
+    def stripped_event_ids(
+        self, room_id: str, *, limit: int, after: str | None = None
+    ) -> list[str]:
+        """Events of the room held only redacted (and not rejected), deepest first.
+
+        Ties in depth go by storage order, newest first, so the order is
+        total and can be paged: ``after`` (a stored event, typically the
+        last of the previous page) starts the list just after it.
+        """
+        sql = """SELECT event_id FROM events WHERE room_id = ? AND redacted = 1
+                 AND status != 'rejected'"""
+        params: tuple[object, ...] = (room_id,)
+        if after is not None:
+            sql += """ AND (depth, event_nid) <
+                       (SELECT depth, event_nid FROM events WHERE event_id = ?)"""
+            params += (after,)
+        sql += " ORDER BY depth DESC, event_nid DESC LIMIT ?"
+        return [r[0] for r in self.db.query(sql, (*params, limit))]
 
     def membership_events(self, room_id: str, user_id: str) -> list[EventMeta]:
         """Every stored membership event of ``user_id`` in the room."""

@@ -1,9 +1,9 @@
 """Restoring stripped copies (:meth:`p2pserver.federation.sync.RoomSync.restore_stripped`):
-faults found in review of 7afe357.
+faults found in review of 7afe357, and the rules that fixed them.
 
-Each ``xfail(strict=True)`` is a fault found on the code as committed; its
-reason says what goes wrong. They pass (and so turn strict failures) once
-the fault is fixed.
+The first three were strict xfails on the code as committed: events no one
+holds whole blocked the rest, were asked for again and again, and events we
+may not see hid older ones we may.
 """
 
 from __future__ import annotations
@@ -16,7 +16,10 @@ import trio
 from p2pserver.federation import sync
 from p2pserver.rooms.auth import select_auth_event_ids
 from p2pserver.rooms.builder import build_event
+from p2pserver.rooms.receipt import verify_event
 from p2pserver.rooms.redaction import redact
+from p2pserver.rooms.validation import parse_pdu
+from p2pserver.storage.store import EventStatus
 
 from .conftest import Node, cluster, run, shared_room, start_all, wait_until
 
@@ -24,12 +27,24 @@ from .conftest import Node, cluster, run, shared_room, start_all, wait_until
 def forged_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:
     """A message of ``node``'s u0 on ``prev_events``, built by hand (a fork, or a
     PDU to tamper with), as a peer would receive it."""
+    return forged_event(node, room_id, prev_events, "m.room.message", {"body": body})
+
+
+def forged_event(
+    node: Node,
+    room_id: str,
+    prev_events: list[str],
+    event_type: str,
+    content: dict[str, Any],
+    state_key: str | None = None,
+) -> dict[str, Any]:
+    """An event of ``node``'s u0 on ``prev_events``, built by hand."""
     store = node.store
     version = store.room_version(room_id)
     assert version is not None
     sender = node.user("u0")
     auth = select_auth_event_ids(
-        version, "m.room.message", sender, None, {}, store.current_state(room_id)
+        version, event_type, sender, state_key, content, store.current_state(room_id)
     )
     depth = max(store.event_meta(p).depth for p in prev_events) + 1  # type: ignore[union-attr]
     event = build_event(
@@ -37,13 +52,14 @@ def forged_message(node: Node, room_id: str, prev_events: list[str], body: str) 
         signing_key=node.key,
         server_name=node.server_name,
         sender=sender,
-        type="m.room.message",
-        content={"body": body},
+        type=event_type,
+        content=content,
         room_id=room_id,
         prev_events=prev_events,
         auth_events=auth,
         depth=depth,
         origin_server_ts=1,
+        state_key=state_key,
     )
     return event.get_pdu_json()
 
@@ -70,15 +86,24 @@ def is_whole(node: Node, event_id: str) -> bool:
     return meta is not None and not meta.redacted
 
 
+async def message_held_stripped(nodes: tuple[Node, Node, Node], room_id: str) -> str:
+    """As in test_a_message_received_stripped_while_joined_is_fetched_whole:
+    a's message reaches c only stripped, from b, while c is cut off (healed
+    by the caller)."""
+    hub, (a, b, c) = nodes[0].hub, nodes
+    hub.partition([c.server_name], [a.server_name, b.server_name])
+    message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
+    await wait_until(lambda: b.has(message))
+    for node in (a, b):  # every push to c is lost
+        node.store.outbound.ack(c.server_name, 2**62)
+    await c.engine.receive_pdu(b.server_name, stripped_copy(b, room_id, message))
+    assert not is_whole(c, message) and c.engine.entitled_to_content(message)
+    return message
+
+
 # -- merging ---------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="entitled_to_content does not tell 'stripped for us' from 'no one holds it "
-    "whole' (content hash mismatch); restore_stripped asks deepest first and gives up on "
-    "a server after RESTORE_PROBES stripped answers, so three such events block the rest",
-)
 def test_events_stripped_everywhere_do_not_keep_a_message_from_being_restored():
     """As test_a_message_received_stripped_while_joined_is_fetched_whole,
     but a member's server has since sent three messages whose content does
@@ -110,12 +135,6 @@ def test_events_stripped_everywhere_do_not_keep_a_message_from_being_restored():
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="each stripped arrival while joined starts a restore_stripped of up to "
-    "RESTORE_PATIENCE s that asks every server again for events no one holds whole: "
-    "c sends ~1000 get_event requests for 12 bad events, one event 45 times to one server",
-)
 def test_events_no_one_holds_whole_are_not_asked_for_again_and_again():
     """A member's server sends, every ten minutes for two hours, a message
     whose content does not match its hash (24 distinct asks would do)."""
@@ -144,12 +163,6 @@ def test_events_no_one_holds_whole_are_not_asked_for_again_and_again():
     run(main)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore_stripped filters by entitled_to_content after taking the "
-    "MAX_RESTORED deepest stripped events: when those are all events sent while we were "
-    "away, the list is empty and older events we may see are never asked for",
-)
 def test_a_message_we_may_see_is_restored_behind_many_we_may_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -197,6 +210,82 @@ def test_a_message_we_may_see_is_restored_behind_many_we_may_not(
             assert not is_whole(c, message)
             await c.fed.join(room_id, c.user("u2"))
             await wait_until(lambda: is_whole(c, message), timeout=sync.RESTORE_PATIENCE)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_servers_that_strip_everything_for_a_while_do_not_make_us_give_up():
+    """The outage case: servers that have not learnt of c's join strip all
+    they serve it. Here every server does so for half of RESTORE_PATIENCE:
+    c must still be asking when they start serving whole (a give-up after
+    RESTORE_PASSES quick rounds would leave the message stripped)."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            until = trio.current_time() + sync.RESTORE_PATIENCE / 2
+            for node in (a, b):
+                serve = node.engine.on_get_event
+
+                def stripping(origin: str, event_id: str, serve: Any = serve) -> Any:
+                    pdu = serve(origin, event_id)
+                    if origin == c.server_name and trio.current_time() < until:
+                        return redact(pdu, c.store.room_version(room_id))  # type: ignore[arg-type]
+                    return pdu
+
+                node.engine.on_get_event = stripping  # type: ignore[method-assign]
+            message = await message_held_stripped((a, b, c), room_id)
+            hub.heal()
+            await trio.sleep(sync.RESTORE_PATIENCE / 2 - 1)
+            assert not is_whole(c, message)  # they really stripped it
+            await wait_until(lambda: is_whole(c, message), timeout=sync.RESTORE_PATIENCE / 2)
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_stripped_outliers_are_not_asked_for():
+    """The reviewer's lead: entitled_to_content said yes to every outlier (a
+    state or auth event fetched on its own, stored stripped if that is how
+    it was served). An outlier has no state at it to judge visibility by,
+    and clients never see one (may_user_see_event), so c does not ask for
+    it. Here c holds RESTORE_PROBES outliers that no one serves whole (their
+    content hash does not match), deeper than a message it may see."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        asked: dict[str, int] = {}
+        get_event = c.fed.sync.client.get_event
+
+        async def counting(server: str, event_id: str) -> Any:
+            asked[event_id] = asked.get(event_id, 0) + 1
+            return await get_event(server, event_id)
+
+        c.fed.sync.client.get_event = counting  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            version = c.store.room_version(room_id)
+            assert version is not None
+            message = await message_held_stripped((a, b, c), room_id)
+            outliers = []
+            for i in range(sync.RESTORE_PROBES):
+                pdu = forged_event(a, room_id, [message], "org.test", {"v": i}, state_key=f"{i}")
+                pdu["content"]["v"] = "tampered"
+                outcome = verify_event(parse_pdu(pdu, version))
+                assert outcome.event.redacted
+                with c.store.transaction():  # as the engine stores a fetched auth event
+                    c.store.insert_event(outcome.event, EventStatus.OUTLIER)
+                outliers.append(outcome.event.event_id)
+            assert c.store.stripped_event_ids(room_id, limit=10)[: len(outliers)] == outliers[::-1]
+            assert not any(c.engine.entitled_to_content(e) for e in outliers)
+            hub.heal()
+            await wait_until(lambda: is_whole(c, message), timeout=sync.RESTORE_PATIENCE)
+            await trio.sleep(sync.RESTORE_PATIENCE)
+            assert not any(e in asked for e in outliers)
             nursery.cancel_scope.cancel()
 
     run(main)
