@@ -47,9 +47,7 @@ users whose power allows it.
 from __future__ import annotations
 
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from typing import TypeVar
 
 import trio
 
@@ -57,6 +55,7 @@ from p2pserver.engine.engine import RoomEngine
 from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import DUMMY_EVENT_TYPE, sender_server
+from p2pserver.storage.cache import LruCache
 from p2pserver.storage.store import IN_DAG, EventStatus, Store
 
 logger = logging.getLogger(__name__)
@@ -66,9 +65,6 @@ MERGE_DELAY = 10.0
 MAX_REJUDGED_HEADS = 4
 # (peer, room) pairs remembered, least recently seen forgotten first.
 MAX_REMEMBERED = 4096
-
-K = TypeVar("K")
-V = TypeVar("V")
 
 
 def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool:
@@ -106,10 +102,12 @@ class ExtremityMerger:
         self.delay = delay
         self.clock = clock
         # (peer, room) -> (the heads it reported, when we first saw them unreconciled)
-        self._seen: OrderedDict[tuple[str, str], tuple[frozenset[str], float]] = OrderedDict()
+        self._seen: LruCache[tuple[str, str], tuple[frozenset[str], float]] = LruCache(
+            MAX_REMEMBERED
+        )
         # (peer, room) -> the heads we last merged for: once is enough (a peer
         # that keeps reporting stale heads must not make us merge forever).
-        self._merged_for: OrderedDict[tuple[str, str], frozenset[str]] = OrderedDict()
+        self._merged_for: LruCache[tuple[str, str], frozenset[str]] = LruCache(MAX_REMEMBERED)
         self.merges = 0  # for tests and metrics
 
     async def reconcile(self, peer: str, room_id: str, their_heads: Sequence[str]) -> None:
@@ -132,19 +130,19 @@ class ExtremityMerger:
         heads = frozenset(their_heads)
         if self._merged_for.get(key) == heads:
             return False
-        self._merged_for.pop(key, None)
+        self._merged_for.pop(key)
         if not unreconciled(self.store, room_id, their_heads):
-            self._seen.pop(key, None)
+            self._seen.pop(key)
             return False
         now = self.clock()
         seen = self._seen.get(key)
         if seen is None or seen[0] != heads:
-            _remember(self._seen, key, (heads, now))
+            self._seen.set(key, (heads, now))
             return False
         if now - seen[1] < self.delay:
             return False
-        del self._seen[key]
-        _remember(self._merged_for, key, heads)
+        self._seen.pop(key)
+        self._merged_for.set(key, heads)
         return True
 
     async def merge(self, room_id: str) -> str | None:
@@ -165,10 +163,3 @@ class ExtremityMerger:
             return event_id
         logger.info("no user of ours may merge the extremities of %s", room_id)
         return None
-
-
-def _remember(memo: OrderedDict[K, V], key: K, value: V) -> None:
-    memo[key] = value
-    memo.move_to_end(key)
-    while len(memo) > MAX_REMEMBERED:
-        memo.popitem(last=False)
