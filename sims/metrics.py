@@ -12,8 +12,10 @@ origin addresses) and their own (their user joined in their own current
 state at that moment; a server that had already left on its side of a
 partition is not due messages sent on the other). The origin itself is
 not counted. Each other server's first timeline update for it is its
-delivery. A message that is held but never entered a server's timeline
-(soft-failed there) counts as held, not delivered.
+delivery; so is its restoring, for a server that first got a copy
+stripped by a server that did not know of its join yet. A message that is
+held but never entered a server's timeline (soft-failed there) counts as
+held, not delivered.
 
 Tables (``write_tables``): each is a list of flat records, written as
 ``<name>.csv`` (header row, comma-separated) and ``<name>.json`` (an array
@@ -96,8 +98,14 @@ class Recorder:
     def on_update(
         self, node: int, update: RoomUpdate, now: float, joined: Callable[[], set[str]]
     ) -> None:
-        """A node's room update: a message's origin commit, or its delivery elsewhere."""
+        """A node's room update: a message's origin commit, or its delivery elsewhere
+        (in the timeline, or restored whole after arriving stripped)."""
         event = update.event
+        if event is None and update.restored is not None:
+            restored = self.by_event.get(update.restored)
+            if restored is not None:
+                self._delivered(restored, node, now)
+            return
         if event is None or event.type != "m.room.message" or event.room_id != self.room_id:
             return
         seq = event.content.get("sim")
@@ -126,10 +134,17 @@ class Recorder:
             for i in due:
                 self.outstanding[i] += 1
             return
-        if math.isnan(record.delivered[node]) and event.event_id == record.event_id:
-            record.delivered[node] = now - self.start
-            if record.is_due(node) and node not in record.held:
-                self.outstanding[node] -= 1
+        if event.event_id == record.event_id:
+            self._delivered(record, node, now)
+
+    def _delivered(self, record: MessageRecord, node: int, now: float) -> None:
+        if not math.isnan(record.delivered[node]):
+            return
+        record.delivered[node] = now - self.start
+        if node in record.held:
+            record.held.discard(node)  # held stripped at first, whole now
+        elif record.is_due(node):
+            self.outstanding[node] -= 1
 
     def mark_held(self, record: MessageRecord, node: int) -> None:
         """``node`` holds the message though it never entered its timeline."""

@@ -87,7 +87,9 @@ class SimNode:
             # And SQLite's page cache (2 MB per connection by default; a
             # thousand connections would hold 2 GB). Pages it drops are
             # still in the OS's file cache: slower reads, same answers.
-            store.db.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB_PER_EVENT * self.cache_events}")
+            store.db.execute(
+                f"PRAGMA cache_size = -{SQLITE_CACHE_KIB_PER_EVENT * self.cache_events}"
+            )
         return store
 
     @property
@@ -166,9 +168,11 @@ class SimNode:
     # --- questions the simulator asks (read-only) --------------------------------------
 
     def holds(self, event_id: str) -> bool:
-        """Whether the event reached this server (stored with a verdict, not as an outlier)."""
+        """Whether the event reached this server: stored with a verdict (not as an
+        outlier) and whole (a copy stripped by a server that did not know our
+        join yet is not the message)."""
         meta = self.store.event_meta(event_id)
-        return meta is not None and meta.status != EventStatus.OUTLIER
+        return meta is not None and meta.status != EventStatus.OUTLIER and not meta.redacted
 
     def is_joined(self, room_id: str) -> bool:
         return self.store.current_membership(room_id, self.user_id) == "join"

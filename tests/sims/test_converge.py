@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from p2pserver.engine.engine import PduResult
+from p2pserver.rooms.redaction import redact
 from sims import load_scenario, run_scenario
 from sims.converge import ConvergeFuzzer
 
@@ -84,3 +85,42 @@ def test_a_node_that_never_catches_up_fails_the_run_with_a_report():
     assert "  node 2: running=True joined=True" in result.failure
     assert "replay: p2pserver sim run converge --seed 1" in result.failure
     assert result.summary["fuzzer"]["episodes"] == 1 and result.summary["fuzzer"]["passed"] is False
+
+
+class StrippedNode(DeafNode):
+    """Node 2 gets every message stripped (as from servers that do not know
+    of its join) and never asks for whole copies."""
+
+    def make_deaf(self, node):
+        engine = node.federation.engine
+        receive_pdu, receive_transaction = engine.receive_pdu, engine.receive_transaction
+
+        def strip(pdu):
+            version = engine.store.room_version(pdu.get("room_id", ""))
+            if pdu.get("type") == "m.room.message" and version is not None:
+                return redact(pdu, version)
+            return pdu
+
+        async def stripped_pdu(origin, pdu, **kwargs):
+            return await receive_pdu(origin, strip(pdu), **kwargs)
+
+        async def stripped_transaction(origin, pdus):
+            return await receive_transaction(origin, [strip(p) for p in pdus])
+
+        async def no_restore(room_id, **kwargs):
+            return 0
+
+        engine.receive_pdu = stripped_pdu
+        engine.receive_transaction = stripped_transaction
+        node.federation.sync.restore_stripped = no_restore
+
+
+def test_a_message_held_only_stripped_has_not_reached_the_node():
+    scenario = load_scenario("converge", {**CI, "fuzzer.episodes": 3, "fuzzer.settle_timeout": 120})
+    result = StrippedNode(scenario, seed=1).run()
+    assert result.failure is not None
+    assert "episode 0: no convergence 120s after the heal" in result.failure
+    assert "  node 2: running=True joined=True" in result.failure
+    node_2 = next(line for line in result.failure.splitlines() if line.startswith("  node 2:"))
+    assert "missing_messages=0" not in node_2  # the same state, but not the messages
+    assert result.summary["fuzzer"]["passed"] is False
