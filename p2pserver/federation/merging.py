@@ -42,6 +42,19 @@ judged. We merge at most once for the same heads of the same peer: a peer
 that keeps reporting stale heads (dishonest, or broken) costs one merge
 event, not one per exchange. The merge is sent by the first of our joined
 users whose power allows it.
+
+Too many extremities (3). A room can also hold more forward extremities
+than fit one ``room_heads`` list or one event's prev events: a burst of
+joins through one resident server (each references only the state before
+it) left 49 extremities at the resident in the outage scenario, and the
+others, seeing only its first 20 heads, disagreed on the membership for
+minutes until someone spoke. So, as Synapse does, a server with more than
+:data:`MAX_EXTREMITIES` sends merge events (each references
+:data:`~p2pserver.engine.engine.MAX_PREV_EVENTS`) until it has no more. It
+waits before each, a delay that differs per server and room
+(:meth:`RoomSync.on_room_update <p2pserver.federation.sync.RoomSync.on_room_update>`),
+and sends only if the count is still too high: servers rarely all merge
+at once, and what one merges the others pull.
 """
 
 from __future__ import annotations
@@ -51,7 +64,7 @@ from collections.abc import Callable, Sequence
 
 import trio
 
-from p2pserver.engine.engine import RoomEngine
+from p2pserver.engine.engine import MAX_PREV_EVENTS, RoomEngine
 from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import DUMMY_EVENT_TYPE, sender_server
@@ -65,6 +78,9 @@ MERGE_DELAY = 10.0
 MAX_REJUDGED_HEADS = 4
 # (peer, room) pairs remembered, least recently seen forgotten first.
 MAX_REMEMBERED = 4096
+# More forward extremities than one event references (the engine's
+# MAX_PREV_EVENTS; Synapse's threshold for dummy events is the same 10).
+MAX_EXTREMITIES = MAX_PREV_EVENTS
 
 
 def unreconciled(store: Store, room_id: str, their_heads: Sequence[str]) -> bool:
@@ -108,7 +124,10 @@ class ExtremityMerger:
         # (peer, room) -> the heads we last merged for: once is enough (a peer
         # that keeps reporting stale heads must not make us merge forever).
         self._merged_for: LruCache[tuple[str, str], frozenset[str]] = LruCache(MAX_REMEMBERED)
-        self.merges = 0  # for tests and metrics
+        self._reducing: set[str] = set()
+        # For tests and metrics: merges for a peer's heads, and for too many extremities.
+        self.merges = 0
+        self.reductions = 0
 
     async def reconcile(self, peer: str, room_id: str, their_heads: Sequence[str]) -> None:
         """After catching up with ``peer``: judge its heads we soft failed again, then merge
@@ -145,8 +164,34 @@ class ExtremityMerger:
         self._merged_for.set(key, heads)
         return True
 
+    def too_many_extremities(self, room_id: str) -> bool:
+        return len(self.store.forward_extremities(room_id)) > MAX_EXTREMITIES
+
+    async def reduce(self, room_id: str, delay: float) -> None:
+        """While the room has more than :data:`MAX_EXTREMITIES` forward
+        extremities, wait ``delay`` and, if it still has, send a merge event
+        (see "Too many extremities" in the module docstring)."""
+        if room_id in self._reducing:
+            return
+        self._reducing.add(room_id)
+        try:
+            while self.too_many_extremities(room_id):
+                await trio.sleep(delay)
+                if self.too_many_extremities(room_id):
+                    if await self._send_merge_event(room_id) is None:
+                        return
+                    self.reductions += 1
+        finally:
+            self._reducing.discard(room_id)
+
     async def merge(self, room_id: str) -> str | None:
         """Send a merge event from one of our joined users; its ID, or None if we cannot."""
+        event_id = await self._send_merge_event(room_id)
+        if event_id is not None:
+            self.merges += 1
+        return event_id
+
+    async def _send_merge_event(self, room_id: str) -> str | None:
         local = sorted(
             u
             for u in self.store.joined_members(room_id)
@@ -158,7 +203,6 @@ class ExtremityMerger:
             except MatrixError as exc:  # e.g. too little power in an announcement room
                 logger.debug("%s cannot merge the extremities of %s: %s", user_id, room_id, exc)
                 continue
-            self.merges += 1
             logger.info("merged the forward extremities of %s with %s", room_id, event_id)
             return event_id
         logger.info("no user of ours may merge the extremities of %s", room_id)

@@ -121,6 +121,10 @@ RESTORE_PASSES = 3
 RESTORE_SERVERS = 8
 RESTORE_MEMORY = 4096
 MAX_CONCURRENT_EXCHANGES = 8
+# Too many forward extremities: the wait before merging them, per server
+# between REDUCE_DELAY and REDUCE_DELAY + REDUCE_SPREAD seconds.
+REDUCE_DELAY = 5.0
+REDUCE_SPREAD = 20.0
 # backfill: how many servers to ask, how long each may take, and how long in all.
 BACKFILL_SERVERS = 3
 BACKFILL_TIMEOUT = 10.0
@@ -204,6 +208,12 @@ class RoomSync:
         if update.event is not None:
             self._dirty.add(update.room_id)
             self._announce.set()
+            if self._nursery is not None and self.merger.too_many_extremities(update.room_id):
+                # Each server waits its own while (its rank in the room), so
+                # that the first merge reaches the others before they merge.
+                spread = int.from_bytes(_rank(update.room_id, self.server_name)[:4], "big") / 2**32
+                delay = REDUCE_DELAY + REDUCE_SPREAD * spread
+                self._nursery.start_soon(self.merger.reduce, update.room_id, delay)
 
     def peer_connected(self, server_name: str) -> None:
         rooms = shared_rooms(self.store, server_name)

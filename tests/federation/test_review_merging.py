@@ -11,6 +11,7 @@ from typing import Any
 
 import trio
 
+from p2pserver.federation.merging import MAX_EXTREMITIES
 from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
 from p2pserver.rooms.auth import select_auth_event_ids
 from p2pserver.rooms.builder import build_event
@@ -152,3 +153,40 @@ def test_a_merge_is_sent_by_a_local_user_who_may_send_it():
 
 
 # -- restoring stripped copies ----------------------------------------------------------
+
+
+def test_more_extremities_than_a_head_list_holds_are_merged_and_spread():
+    """a holds 40 forks that b never got (as the resident server of a burst
+    of joins does). room_heads shows b only a's first 20 heads, so without
+    merging b would never learn of the other 20 (the outage scenario: the
+    servers disagreed on the membership for minutes)."""
+
+    async def main():
+        hub, (a, b) = cluster(2)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b])
+            room_id = await shared_room([a, b])
+            await wait_until(lambda: same_heads([a, b], room_id))
+            (base,) = a.store.forward_extremities(room_id)
+            hub.set_link(a.server_name, b.server_name, up=False)  # no pushes to b
+            forks = []
+            for i in range(40):
+                pdu = forged_message(a, room_id, [base], f"fork {i}")
+                result = await a.engine.receive_pdu(a.server_name, pdu)
+                assert result.accepted and result.event_id is not None
+                forks.append(result.event_id)
+            assert len(a.store.forward_extremities(room_id)) == 40 > MAX_HEADS_PER_ROOM
+            hub.heal()
+            await wait_until(
+                lambda: (
+                    all(b.has(e) for e in forks)
+                    and same_heads([a, b], room_id)
+                    and len(a.store.forward_extremities(room_id)) <= MAX_EXTREMITIES
+                ),
+                timeout=600,
+            )
+            assert a.fed.sync.merger.reductions + b.fed.sync.merger.reductions >= 4
+            assert a.fed.sync.merger.merges == b.fed.sync.merger.merges == 0
+            nursery.cancel_scope.cancel()
+
+    run(main)
