@@ -16,6 +16,8 @@ import trio.testing
 
 from p2pserver.engine.engine import RoomEngine
 from p2pserver.federation import Federation, FederationConfig, build_federation
+from p2pserver.rooms.auth import select_auth_event_ids
+from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage.store import EventStatus, Store
 from p2pserver.transport.memory import MemoryHub, MemoryNetwork
@@ -146,3 +148,43 @@ async def set_power(node: Node, room_id: str, users: dict[str, int]) -> str:
     return await node.engine.send_event(
         room_id, node.user("u0"), "m.room.power_levels", content, state_key=""
     )
+
+
+def forged_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:
+    """A message of ``node``'s u0 on ``prev_events``, built by hand (a fork, or a
+    PDU to tamper with), as a peer would receive it."""
+    return forged_event(node, room_id, prev_events, "m.room.message", {"body": body})
+
+
+def forged_event(
+    node: Node,
+    room_id: str,
+    prev_events: list[str],
+    event_type: str,
+    content: dict[str, Any],
+    state_key: str | None = None,
+) -> dict[str, Any]:
+    """An event of ``node``'s u0 on ``prev_events``, built by hand."""
+    store = node.store
+    version = store.room_version(room_id)
+    assert version is not None
+    sender = node.user("u0")
+    auth = select_auth_event_ids(
+        version, event_type, sender, state_key, content, store.current_state(room_id)
+    )
+    depth = max(store.event_meta(p).depth for p in prev_events) + 1  # type: ignore[union-attr]
+    event = build_event(
+        version,
+        signing_key=node.key,
+        server_name=node.server_name,
+        sender=sender,
+        type=event_type,
+        content=content,
+        room_id=room_id,
+        prev_events=prev_events,
+        auth_events=auth,
+        depth=depth,
+        origin_server_ts=1,
+        state_key=state_key,
+    )
+    return event.get_pdu_json()

@@ -14,54 +14,21 @@ import pytest
 import trio
 
 from p2pserver.federation import sync
-from p2pserver.rooms.auth import select_auth_event_ids
-from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.receipt import verify_event
 from p2pserver.rooms.redaction import redact
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.storage.store import EventStatus
 
-from .conftest import Node, cluster, run, shared_room, start_all, wait_until
-
-
-def forged_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:
-    """A message of ``node``'s u0 on ``prev_events``, built by hand (a fork, or a
-    PDU to tamper with), as a peer would receive it."""
-    return forged_event(node, room_id, prev_events, "m.room.message", {"body": body})
-
-
-def forged_event(
-    node: Node,
-    room_id: str,
-    prev_events: list[str],
-    event_type: str,
-    content: dict[str, Any],
-    state_key: str | None = None,
-) -> dict[str, Any]:
-    """An event of ``node``'s u0 on ``prev_events``, built by hand."""
-    store = node.store
-    version = store.room_version(room_id)
-    assert version is not None
-    sender = node.user("u0")
-    auth = select_auth_event_ids(
-        version, event_type, sender, state_key, content, store.current_state(room_id)
-    )
-    depth = max(store.event_meta(p).depth for p in prev_events) + 1  # type: ignore[union-attr]
-    event = build_event(
-        version,
-        signing_key=node.key,
-        server_name=node.server_name,
-        sender=sender,
-        type=event_type,
-        content=content,
-        room_id=room_id,
-        prev_events=prev_events,
-        auth_events=auth,
-        depth=depth,
-        origin_server_ts=1,
-        state_key=state_key,
-    )
-    return event.get_pdu_json()
+from .conftest import (
+    Node,
+    cluster,
+    forged_event,
+    forged_message,
+    run,
+    shared_room,
+    start_all,
+    wait_until,
+)
 
 
 def tampered_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:

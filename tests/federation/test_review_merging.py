@@ -7,67 +7,12 @@ without power.
 
 from __future__ import annotations
 
-from typing import Any
-
 import trio
 
 from p2pserver.federation.merging import MAX_EXTREMITIES
 from p2pserver.federation.protocol import MAX_HEADS_PER_ROOM
-from p2pserver.rooms.auth import select_auth_event_ids
-from p2pserver.rooms.builder import build_event
-from p2pserver.rooms.redaction import redact
 
-from .conftest import Node, cluster, run, same_heads, shared_room, start_all, wait_until
-
-
-def forged_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:
-    """A message of ``node``'s u0 on ``prev_events``, built by hand (a fork, or a
-    PDU to tamper with), as a peer would receive it."""
-    store = node.store
-    version = store.room_version(room_id)
-    assert version is not None
-    sender = node.user("u0")
-    auth = select_auth_event_ids(
-        version, "m.room.message", sender, None, {}, store.current_state(room_id)
-    )
-    depth = max(store.event_meta(p).depth for p in prev_events) + 1  # type: ignore[union-attr]
-    event = build_event(
-        version,
-        signing_key=node.key,
-        server_name=node.server_name,
-        sender=sender,
-        type="m.room.message",
-        content={"body": body},
-        room_id=room_id,
-        prev_events=prev_events,
-        auth_events=auth,
-        depth=depth,
-        origin_server_ts=1,
-    )
-    return event.get_pdu_json()
-
-
-def tampered_message(node: Node, room_id: str, prev_events: list[str], body: str) -> dict[str, Any]:
-    """A message whose content does not match its content hash. The
-    signatures cover the redacted event, so they hold: every server stores
-    it redacted (receipt step 3), and no one ever holds it whole."""
-    pdu = forged_message(node, room_id, prev_events, body)
-    pdu["content"]["body"] = "tampered"
-    return pdu
-
-
-def stripped_copy(node: Node, room_id: str, event_id: str) -> dict[str, Any]:
-    """``event_id`` as a server that strips it for us serves it."""
-    event = node.store.load_event(event_id)
-    version = node.store.room_version(room_id)
-    assert event is not None and version is not None
-    return redact(event.get_pdu_json(), version)
-
-
-def is_whole(node: Node, event_id: str) -> bool:
-    meta = node.store.event_meta(event_id)
-    return meta is not None and not meta.redacted
-
+from .conftest import cluster, forged_message, run, same_heads, shared_room, start_all, wait_until
 
 # -- merging ---------------------------------------------------------------------------
 
