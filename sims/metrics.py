@@ -142,7 +142,7 @@ class Recorder:
             return
         record.delivered[node] = now - self.start
         if node in record.held:
-            record.held.discard(node)  # held stripped at first, whole now
+            record.held.discard(node)  # found held (soft failed, or stripped) before
         elif record.is_due(node):
             self.outstanding[node] -= 1
 

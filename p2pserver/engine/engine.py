@@ -98,7 +98,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,6 +135,7 @@ from p2pserver.rooms.room_versions import RoomVersion, get_room_version
 from p2pserver.rooms.signing import KeyLookup, SigningKey
 from p2pserver.rooms.validation import parse_pdu
 from p2pserver.state.resolve import resolve_state
+from p2pserver.storage.cache import LruCache
 from p2pserver.storage.state_groups import StateMap
 from p2pserver.storage.store import EventMeta, EventStatus, Store
 
@@ -260,7 +260,7 @@ class RoomEngine:
         self._joined_in_group: dict[int, frozenset[str]] = {}
         # Soft-failed events judged again in vain, with the state groups of
         # our extremities then (least recently judged first).
-        self._judged_again: OrderedDict[tuple[str, tuple[int, ...]], None] = OrderedDict()
+        self._judged_again: LruCache[tuple[str, tuple[int, ...]], bool] = LruCache(_MAX_JUDGED_MEMO)
         # Which servers a stored local event is pushed to (the federation's
         # bounded fan-out): it is queued only for those of its destinations.
         # None (no federation: tests, LocalNetwork) queues it for all of them.
@@ -1039,11 +1039,10 @@ class RoomEngine:
             return False
         extremity_ids = store.forward_extremities(room_id)
         groups = _state_after_groups(store.event_metas(extremity_ids).values())
-        judged = (meta.event_id, tuple(sorted(groups)))
         if not groups:
             return False
-        if judged in self._judged_again:
-            self._judged_again.move_to_end(judged)
+        judged = (meta.event_id, tuple(sorted(groups)))
+        if self._judged_again.get(judged):
             return False
         event = store.load_event(meta.event_id)
         if event is None:
@@ -1053,9 +1052,7 @@ class RoomEngine:
             current = self._resolve(event, [*state_sets, store.state_map(meta.state_before)])
             check_auth_rules(event, self.auth_events_from_state(event, current))
         except (AuthError, _Dropped):
-            self._judged_again[judged] = None
-            while len(self._judged_again) > _MAX_JUDGED_MEMO:
-                self._judged_again.popitem(last=False)
+            self._judged_again.set(judged, True)
             return False
         try:
             with store.transaction():

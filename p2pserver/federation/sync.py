@@ -73,7 +73,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -101,6 +100,7 @@ from p2pserver.federation.view import (
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import Event
 from p2pserver.rooms.validation import parse_pdu
+from p2pserver.storage.cache import LruCache
 from p2pserver.transport.network import Network
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ class RoomSync:
         self._nursery: trio.Nursery | None = None
         self._round = 0
         self._restoring: set[str] = set()
-        self._restore_tries: OrderedDict[str, _RestoreTries] = OrderedDict()
+        self._restore_tries: LruCache[str, _RestoreTries] = LruCache(RESTORE_MEMORY)
         self._filling: set[str] = set()
         # Counters for tests and benchmarks.
         self.exchanges = 0
@@ -500,8 +500,9 @@ class RoomSync:
         seconds, until nothing is left to ask; one runs per room at a time.
         """
         if afresh:
-            for event_id in [e for e, t in self._restore_tries.items() if t.room_id == room_id]:
-                del self._restore_tries[event_id]
+            for event_id, tries in self._restore_tries.items():
+                if tries.room_id == room_id:
+                    self._restore_tries.pop(event_id)
         if room_id in self._restoring:
             return 0
         self._restoring.add(room_id)
@@ -589,17 +590,15 @@ class RoomSync:
                 break
         now = trio.current_time()
         for event_id in restored:
-            self._restore_tries.pop(event_id, None)
+            self._restore_tries.pop(event_id)
         for event_id in answered - restored:
-            tries = self._restore_tries.pop(event_id, None) or _RestoreTries(room_id)
+            tries = self._restore_tries.pop(event_id) or _RestoreTries(room_id)
             tries.passes += 1
             tries.stripped_by |= definitive.get(event_id, set())
             tries.given_up = tries.passes >= RESTORE_PASSES or len(tries.stripped_by) >= needed
             # Rounds at 0, 1/4 and 3/4 of RESTORE_PATIENCE (with 3 passes).
             tries.not_before = now + RESTORE_PATIENCE * 2.0 ** (tries.passes - RESTORE_PASSES)
-            self._restore_tries[event_id] = tries  # the newest last
-            while len(self._restore_tries) > RESTORE_MEMORY:
-                self._restore_tries.popitem(last=False)
+            self._restore_tries.set(event_id, tries)
         return len(restored)
 
     def _stripped_by(self, event_id: str) -> set[str]:

@@ -1,8 +1,9 @@
 """Questions the federation layer asks about rooms, answered from the store.
 
 Read-only helpers over :class:`~p2pserver.storage.store.Store` public
-methods (and the engine's state lookups, for :func:`joined_at_any`), shared by the sender, the server and the pull loop, so each rule
-("is this server in the room?", "do we hold this event?") is written once.
+methods (and the engine's state lookups, for :func:`joined_at_any`),
+shared by the sender, the server and the pull loop, so each rule ("is this
+server in the room?", "do we hold this event?") is written once.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A small least-recently-used cache for storage lookups.
+"""A small least-recently-used cache for storage lookups (and bounded memos elsewhere).
 
 Caches hold only facts that never change once committed (an event's PDU, a
 state group's map) or that the store updates itself (event metadata). The
@@ -37,8 +37,12 @@ class LruCache(Generic[K, V]):
         if len(self._data) > self.max_size:
             self._data.popitem(last=False)
 
-    def pop(self, key: K) -> None:
-        self._data.pop(key, None)
+    def pop(self, key: K) -> V | None:
+        return self._data.pop(key, None)
+
+    def items(self) -> list[tuple[K, V]]:
+        """A snapshot, least recently used first (a scan; it touches nothing)."""
+        return list(self._data.items())
 
     def clear(self) -> None:
         self._data.clear()

@@ -18,6 +18,7 @@ from p2pserver.engine.engine import RoomEngine
 from p2pserver.federation import Federation, FederationConfig, build_federation
 from p2pserver.rooms.auth import select_auth_event_ids
 from p2pserver.rooms.builder import build_event
+from p2pserver.rooms.redaction import redact
 from p2pserver.rooms.signing import SigningKey
 from p2pserver.storage.store import EventStatus, Store
 from p2pserver.transport.memory import MemoryHub, MemoryNetwork
@@ -188,3 +189,16 @@ def forged_event(
         state_key=state_key,
     )
     return event.get_pdu_json()
+
+
+def stripped_copy(node: Node, room_id: str, event_id: str) -> dict[str, Any]:
+    """``event_id`` as a server that strips it for us serves it."""
+    event = node.store.load_event(event_id)
+    version = node.store.room_version(room_id)
+    assert event is not None and version is not None
+    return redact(event.get_pdu_json(), version)
+
+
+def is_whole(node: Node, event_id: str) -> bool:
+    meta = node.store.event_meta(event_id)
+    return meta is not None and not meta.redacted

@@ -10,10 +10,18 @@ import trio
 from p2pserver.engine.engine import Forbidden
 from p2pserver.federation.fanout import EventTree
 from p2pserver.rooms.events import Event
-from p2pserver.rooms.redaction import redact
 from p2pserver.storage.store import EventStatus
 
-from .conftest import CONFIG, cluster, run, shared_room, start_all, wait_until
+from .conftest import (
+    CONFIG,
+    cluster,
+    is_whole,
+    run,
+    shared_room,
+    start_all,
+    stripped_copy,
+    wait_until,
+)
 
 
 def test_the_origin_pushes_a_message_to_a_server_kicked_before_it_arrived():
@@ -202,14 +210,10 @@ def test_a_message_received_stripped_while_joined_is_fetched_whole():
             for node in (a, b):  # every push to c is lost
                 node.store.outbound.ack(c.server_name, 2**62)
             hub.heal()
-            pdu = a.store.load_event(message)
-            version = a.store.room_version(room_id)
-            assert pdu is not None and version is not None
-            stripped = redact(pdu.get_pdu_json(), version)
-            await c.engine.receive_pdu(b.server_name, stripped)
+            await c.engine.receive_pdu(b.server_name, stripped_copy(a, room_id, message))
             copy = c.store.load_event(message)
             assert copy is not None and copy.redacted
-            await wait_until(lambda: not c.store.event_meta(message).redacted, timeout=120)
+            await wait_until(lambda: is_whole(c, message), timeout=120)
             whole = c.store.load_event(message)
             assert whole is not None and whole.content["body"] == "whole"
             nursery.cancel_scope.cancel()

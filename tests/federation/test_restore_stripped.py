@@ -24,9 +24,11 @@ from .conftest import (
     cluster,
     forged_event,
     forged_message,
+    is_whole,
     run,
     shared_room,
     start_all,
+    stripped_copy,
     wait_until,
 )
 
@@ -38,19 +40,6 @@ def tampered_message(node: Node, room_id: str, prev_events: list[str], body: str
     pdu = forged_message(node, room_id, prev_events, body)
     pdu["content"]["body"] = "tampered"
     return pdu
-
-
-def stripped_copy(node: Node, room_id: str, event_id: str) -> dict[str, Any]:
-    """``event_id`` as a server that strips it for us serves it."""
-    event = node.store.load_event(event_id)
-    version = node.store.room_version(room_id)
-    assert event is not None and version is not None
-    return redact(event.get_pdu_json(), version)
-
-
-def is_whole(node: Node, event_id: str) -> bool:
-    meta = node.store.event_meta(event_id)
-    return meta is not None and not meta.redacted
 
 
 async def message_held_stripped(nodes: tuple[Node, Node, Node], room_id: str) -> str:
@@ -68,9 +57,6 @@ async def message_held_stripped(nodes: tuple[Node, Node, Node], room_id: str) ->
     return message
 
 
-# -- merging ---------------------------------------------------------------------------
-
-
 def test_events_stripped_everywhere_do_not_keep_a_message_from_being_restored():
     """As test_a_message_received_stripped_while_joined_is_fetched_whole,
     but a member's server has since sent three messages whose content does
@@ -81,12 +67,7 @@ def test_events_stripped_everywhere_do_not_keep_a_message_from_being_restored():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
-            hub.partition([c.server_name], [a.server_name, b.server_name])
-            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
-            await wait_until(lambda: b.has(message))
-            for node in (a, b):  # every push to c is lost
-                node.store.outbound.ack(c.server_name, 2**62)
-            await c.engine.receive_pdu(b.server_name, stripped_copy(b, room_id, message))
+            message = await message_held_stripped((a, b, c), room_id)
             prev = [message]
             for i in range(sync.RESTORE_PROBES):
                 pdu = tampered_message(a, room_id, prev, f"{i}")
