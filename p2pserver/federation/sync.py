@@ -36,7 +36,9 @@ When exchanges happen:
 3. Every ``sync_interval`` seconds: per room, with up to ``fanout``
    servers of the room, connected ones first, others dialled (skipping
    those the sender is backing off from), chosen anew each round. This
-   heals partitions with no other trigger.
+   heals partitions with no other trigger. The first round comes between
+   one and two intervals after start, at a phase fixed by the server's
+   name, so servers started together do not pull in step.
 
 Catching up from a peer (``catch_up``) follows the spec's
 ``/get_missing_events`` walk: fetch each missing head (``event``), then ask
@@ -135,6 +137,11 @@ def _rank(*parts: object) -> bytes:
     return hashlib.sha256("|".join(map(str, parts)).encode()).digest()
 
 
+def _fraction(*parts: object) -> float:
+    """A number in [0, 1) fixed by ``parts``: a per-server spread that needs no randomness."""
+    return int.from_bytes(_rank(*parts)[:4], "big") / 2**32
+
+
 def _ranker(*prefix: object) -> Callable[[str], bytes]:
     """``lambda s: _rank(*prefix, s)``, hashing the common prefix once.
 
@@ -211,8 +218,7 @@ class RoomSync:
             if self._nursery is not None and self.merger.too_many_extremities(update.room_id):
                 # Each server waits its own while (its rank in the room), so
                 # that the first merge reaches the others before they merge.
-                spread = int.from_bytes(_rank(update.room_id, self.server_name)[:4], "big") / 2**32
-                delay = REDUCE_DELAY + REDUCE_SPREAD * spread
+                delay = REDUCE_DELAY + REDUCE_SPREAD * _fraction(update.room_id, self.server_name)
                 self._nursery.start_soon(self.merger.reduce, update.room_id, delay)
 
     def peer_connected(self, server_name: str) -> None:
@@ -256,6 +262,10 @@ class RoomSync:
             self._start_exchanges(plan)
 
     async def _periodic(self) -> None:
+        # Each server keeps its own phase, fixed by its name: servers started
+        # together (a simulation, a field unit powered on at once) would
+        # otherwise all pull in the same instant, every interval.
+        await trio.sleep(self.sync_interval * _fraction("sync", self.server_name))
         while True:
             await trio.sleep(self.sync_interval)
             self.sync_round()

@@ -167,6 +167,40 @@ def test_periodic_pull_heals_without_any_new_connection_or_event():
     run(main)
 
 
+def test_periodic_rounds_keep_each_servers_own_phase():
+    # Servers started together must not pull in the same instant: each
+    # server's rounds keep a phase of its own, the first one between one and
+    # two intervals after start, then one every interval.
+    interval = 100.0
+
+    async def main():
+        _, nodes = cluster(6, config=FederationConfig(sync_interval=interval))
+        rounds: dict[str, list[float]] = {n.server_name: [] for n in nodes}
+        for node in nodes:
+            original = node.fed.sync.sync_round
+
+            def counting(_name=node.server_name, _orig=original):
+                rounds[_name].append(trio.current_time())
+                return _orig()
+
+            node.fed.sync.sync_round = counting
+        async with trio.open_nursery() as nursery:
+            start = trio.current_time()
+            await start_all(nursery, nodes)
+            await trio.sleep(4.5 * interval)
+            nursery.cancel_scope.cancel()
+        firsts = []
+        for times in rounds.values():
+            assert len(times) >= 3, times
+            assert interval <= times[0] - start < 2 * interval + 1, times
+            gaps = [b - a for a, b in zip(times, times[1:])]
+            assert all(abs(g - interval) < 1e-6 for g in gaps), gaps
+            firsts.append(times[0])
+        assert len({round(t, 3) for t in firsts}) == len(nodes), firsts
+
+    run(main)
+
+
 def test_node_that_was_offline_catches_up_through_another_member():
     async def main():
         hub, (a, b, c) = cluster(3)
