@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import trio
 
 from p2pserver.federation import FederationConfig
@@ -193,7 +195,7 @@ def test_periodic_rounds_keep_each_servers_own_phase():
         for times in rounds.values():
             assert len(times) >= 3, times
             assert interval <= times[0] - start < 2 * interval + 1, times
-            gaps = [b - a for a, b in zip(times, times[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(times)]
             assert all(abs(g - interval) < 1e-6 for g in gaps), gaps
             firsts.append(times[0])
         assert len({round(t, 3) for t in firsts}) == len(nodes), firsts
