@@ -27,9 +27,11 @@ An episode (``fuzzer.episode_length`` virtual seconds):
 Checks after each heal, all of which must hold:
 
 - every running node whose user is joined (in its own view) has
-  byte-identical resolved state: the canonical JSON of its sorted
-  ``[type, state_key, event_id]`` list, and the users joined in that state
-  are exactly the users of those nodes;
+  byte-identical resolved state as held: the canonical JSON of its sorted
+  ``[type, state_key, event_id, form]`` list, ``form`` saying whether the
+  node holds the event whole or redacted (a stripped copy has the same
+  ID); and the users joined in that state are exactly the users of those
+  nodes;
 - every message reached (is held by) every server that was joined, in its
   sender's view, when it was sent;
 - and, once at the end, anti-vacuity: in at least one episode the joined
@@ -54,7 +56,7 @@ from p2pserver.rooms.errors import MatrixError
 from p2pserver.transport.network import NetworkError
 from sims.node import SimNode
 from sims.scenario import FuzzerSpec, RoomSpec, Scenario
-from sims.simulation import ProgressCallback, SimResult, Simulation
+from sims.simulation import ProgressCallback, SimResult, Simulation, held_state
 
 STATE_KEYS = (
     ("m.room.topic", "", "topic"),
@@ -84,9 +86,11 @@ class CheckFailed(Exception):
 
 
 def state_bytes(node: SimNode, room_id: str) -> bytes:
-    """The node's resolved room state as canonical JSON: sorted [type, state_key, event_id]."""
-    state = node.store.current_state(room_id)
-    return encode_canonical_json(sorted([t, k, e] for (t, k), e in state.items()))
+    """The node's resolved room state as held, in canonical JSON (:func:`held_state`)."""
+    store = node.store
+    return encode_canonical_json(
+        held_state(store.current_state(room_id), store.redacted_current_state(room_id))
+    )
 
 
 class ConvergeFuzzer(Simulation):

@@ -32,9 +32,9 @@ runs in one task that wakes only at offset instants, alone; what is
 observed, and how often, leaves the nodes' trajectory as it is.
 
 Convergence at time t: every running node whose user is joined in its own
-view has the same resolved room state (SHA-256 of the canonical JSON of its
-sorted ``[type, state_key, event_id]`` triples), and holds every message due
-at it. A heal starts a watch that polls every ``convergence_poll`` seconds
+view has the same resolved room state, as held (SHA-256 of the canonical
+JSON of its sorted ``[type, state_key, event_id, form]``, the form being
+whole or redacted: :func:`held_state`), and holds every message due at it. A heal starts a watch that polls every ``convergence_poll`` seconds
 for at most ``settle`` seconds; it records when the states first agreed
 (``state_time``) and when everything had converged (``convergence_time``),
 both counted from the heal.
@@ -52,7 +52,7 @@ import resource
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -80,10 +80,26 @@ OBSERVER_OFFSET = 0.000_123_457
 INVITE_POLL = 0.25
 
 
-def state_fingerprint(state: Mapping[tuple[str, str], str]) -> bytes:
-    """SHA-256 of a resolved state as canonical JSON (sorted [type, state_key, event_id])."""
-    triples = sorted([t, k, e] for (t, k), e in state.items())
-    return hashlib.sha256(encode_canonical_json(triples)).digest()
+def held_state(
+    state: Mapping[tuple[str, str], str], redacted: Collection[str] = ()
+) -> list[list[str]]:
+    """A resolved state as held: sorted ``[type, state_key, event_id, form]``,
+    ``form`` being "redacted" for the events in ``redacted``, else "whole".
+
+    The form counts because a redacted copy has the same event ID as the
+    whole event (the ID hashes the redacted form): a node holding the room's
+    name stripped shows its clients no name, whatever the IDs say.
+    """
+    return sorted(
+        [t, k, e, "redacted" if e in redacted else "whole"] for (t, k), e in state.items()
+    )
+
+
+def state_fingerprint(
+    state: Mapping[tuple[str, str], str], redacted: Collection[str] = ()
+) -> bytes:
+    """SHA-256 of the canonical JSON of :func:`held_state`."""
+    return hashlib.sha256(encode_canonical_json(held_state(state, redacted))).digest()
 
 
 @dataclass
@@ -140,7 +156,7 @@ class Simulation:
         self.progress = progress
         self.room_id: str | None = None
         self.nodes: list[SimNode] = []
-        self._fingerprints: dict[tuple[int, int], bytes] = {}
+        self._fingerprints: dict[tuple[int, int, frozenset[str]], bytes] = {}
         self._observations: list[tuple[float, int, Callable[[], bool | None], float | None]] = []
         self._observation_seq = itertools.count()
         self._observer_wait: trio.CancelScope | None = None
@@ -680,15 +696,17 @@ class Simulation:
     # --- observation ------------------------------------------------------------------
 
     def fingerprint(self, node: SimNode) -> bytes | None:
-        """The node's resolved state fingerprint (cached per state group)."""
+        """The node's resolved state fingerprint, as held (cached per state group and form)."""
         assert self.room_id is not None
         record = node.store.room(self.room_id)
         if record is None or record.current_state_group is None:
             return None
-        key = (node.index, record.current_state_group)
+        redacted = frozenset(node.store.redacted_current_state(self.room_id))
+        key = (node.index, record.current_state_group, redacted)
         fp = self._fingerprints.get(key)
         if fp is None:
-            fp = self._fingerprints[key] = state_fingerprint(node.store.current_state(self.room_id))
+            state = node.store.current_state(self.room_id)
+            fp = self._fingerprints[key] = state_fingerprint(state, redacted)
         return fp
 
     def joined_running(self) -> list[SimNode]:

@@ -757,6 +757,15 @@ class Store:
         sql += " ORDER BY depth DESC, event_nid DESC LIMIT ?"
         return [r[0] for r in self.db.query(sql, (*params, limit))]
 
+    def redacted_current_state(self, room_id: str) -> set[str]:
+        """The room's current state events that we hold only redacted."""
+        rows = self.db.query(
+            """SELECT e.event_id FROM current_state c JOIN events e USING (event_nid)
+               WHERE c.room_id = ? AND e.redacted = 1""",
+            (room_id,),
+        )
+        return {r[0] for r in rows}
+
     def membership_events(self, room_id: str, user_id: str) -> list[EventMeta]:
         """Every stored membership event of ``user_id`` in the room."""
         rows = self.db.query(

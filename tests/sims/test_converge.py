@@ -8,6 +8,7 @@ from p2pserver.engine.engine import PduResult
 from p2pserver.rooms.redaction import redact
 from sims import load_scenario, run_scenario
 from sims.converge import ConvergeFuzzer
+from sims.simulation import held_state, state_fingerprint
 
 # A CI-sized run: 8 servers (6 in the room at first), 6 episodes.
 CI = {
@@ -124,3 +125,57 @@ def test_a_message_held_only_stripped_has_not_reached_the_node():
     node_2 = next(line for line in result.failure.splitlines() if line.startswith("  node 2:"))
     assert "missing_messages=0" not in node_2  # the same state, but not the messages
     assert result.summary["fuzzer"]["passed"] is False
+
+
+class StrippedStateNode(StrippedNode):
+    """Node 2 gets the fuzzer's custom state events stripped and never asks for whole copies."""
+
+    def make_deaf(self, node):
+        engine = node.federation.engine
+        receive_pdu, receive_transaction = engine.receive_pdu, engine.receive_transaction
+
+        def strip(pdu):
+            version = engine.store.room_version(pdu.get("room_id", ""))
+            if pdu.get("type") == "org.p2pserver.sim.fuzz" and version is not None:
+                return redact(pdu, version)
+            return pdu
+
+        async def stripped_pdu(origin, pdu, **kwargs):
+            return await receive_pdu(origin, strip(pdu), **kwargs)
+
+        async def stripped_transaction(origin, pdus):
+            return await receive_transaction(origin, [strip(p) for p in pdus])
+
+        async def no_restore(room_id, **kwargs):
+            return 0
+
+        engine.receive_pdu = stripped_pdu
+        engine.receive_transaction = stripped_transaction
+        node.federation.sync.restore_stripped = no_restore
+
+
+def test_a_state_event_held_only_stripped_is_not_the_same_state():
+    # The same event IDs, but node 2 holds the custom state stripped: its
+    # clients see other content, so the room has not converged.
+    scenario = load_scenario("converge", {**CI, "fuzzer.episodes": 3, "fuzzer.settle_timeout": 120})
+    result = StrippedStateNode(scenario, seed=1).run()
+    assert result.failure is not None
+    assert "no convergence 120s after the heal" in result.failure
+    nodes = [line for line in result.failure.splitlines() if line.startswith("  node ")]
+    node_2 = next(line for line in nodes if line.startswith("  node 2:"))
+    assert "joined=True" in node_2 and "missing_messages=0" in node_2
+    others = [line for line in nodes if "joined=True" in line and line != node_2]
+    state_of = lambda line: line.split("state=")[1].split()[0]  # noqa: E731
+    assert others and all(state_of(line) != state_of(node_2) for line in others)
+    assert result.summary["fuzzer"]["passed"] is False
+
+
+def test_held_state_tells_a_redacted_copy_from_the_whole_event():
+    state = {("m.room.name", ""): "$name", ("m.room.topic", ""): "$topic"}
+    assert held_state(state) == [
+        ["m.room.name", "", "$name", "whole"],
+        ["m.room.topic", "", "$topic", "whole"],
+    ]
+    assert held_state(state, {"$name"})[0] == ["m.room.name", "", "$name", "redacted"]
+    assert state_fingerprint(state) != state_fingerprint(state, {"$name"})
+    assert state_fingerprint(state, {"$name"}) == state_fingerprint(dict(state), ["$name"])
