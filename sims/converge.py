@@ -138,6 +138,15 @@ class ConvergeFuzzer(Simulation):
 
     # --- the run ------------------------------------------------------------------------
 
+    def run(self) -> SimResult:
+        try:
+            return super().run()
+        except Exception as exc:
+            # A crash in node or engine code is a failure too: keep what
+            # replays it (shown after the traceback).
+            exc.add_note(self.report(f"the run stopped on an error: {exc!r}"))
+            raise
+
     async def run_tasks(self, nursery: trio.Nursery) -> None:
         total = self.spec.episodes
         await nursery.start(self._observer)
@@ -296,8 +305,7 @@ class ConvergeFuzzer(Simulation):
         lines = [
             f"converge fuzzer FAILED (scenario {self.scenario.name}, seed {self.seed}):",
             what,
-            f"replay: p2pserver sim run {self.scenario.source.removeprefix('builtin:')} "
-            f"--seed {self.seed}",
+            f"replay: {self.scenario.replay_command(self.seed)}",
             "operation log (virtual time, episode, operation, nodes, detail, outcome):",
         ]
         for op in self.oplog:

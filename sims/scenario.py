@@ -77,7 +77,10 @@ key at fault.
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import math
+import shlex
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -233,6 +236,22 @@ class Scenario:
     fuzzer: FuzzerSpec | None = None
     source: str = "<dict>"
     document: Mapping[str, Any] = field(default_factory=dict)  # as parsed, for the record
+    # The dotted overrides the source was loaded with (``--set``), in order.
+    overrides: tuple[tuple[str, Any], ...] = ()
+
+    def replay_command(self, seed: int) -> str:
+        """The command line that runs this scenario again with ``seed``, overrides included."""
+        words = [
+            "p2pserver",
+            "sim",
+            "run",
+            self.source.removeprefix("builtin:"),
+            "--seed",
+            str(seed),
+        ]
+        for key, value in self.overrides:
+            words += ["--set", f"{key}={toml_value(value)}"]
+        return shlex.join(words)
 
 
 # --- loading ------------------------------------------------------------------------------
@@ -266,7 +285,27 @@ def load_scenario(name_or_path: str | Path, overrides: Mapping[str, Any] | None 
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{source}: {exc}") from None
-    return parse_scenario(apply_overrides(document, overrides or {}), source=source)
+    scenario = parse_scenario(apply_overrides(document, overrides or {}), source=source)
+    return dataclasses.replace(scenario, overrides=tuple((overrides or {}).items()))
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as a TOML value, as ``--set`` reads it (:func:`parse_override`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string: the same escapes
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return (
+            "{"
+            + ", ".join(f"{json.dumps(str(k))} = {toml_value(v)}" for k, v in value.items())
+            + "}"
+        )
+    raise ScenarioError(f"cannot write {value!r} as a TOML value")
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -69,7 +69,7 @@ from sims.determinism import Seeds, deterministic_run, hash_seed, virtual_clock_
 from sims.metrics import Recorder, traffic_rows, write_json, write_table
 from sims.network import SimHub
 from sims.node import SimNode
-from sims.scenario import Action, Scenario
+from sims.scenario import Action, Scenario, ScenarioError
 
 ProgressCallback = Callable[[float, float, str], None]
 """``progress(virtual_now, virtual_end, note)``."""
@@ -153,6 +153,12 @@ class Simulation:
         self.seed = scenario.seed if seed is None else seed
         self.seeds = Seeds(self.seed)
         self.workdir = Path(workdir) if workdir is not None else None
+        if self.workdir is not None and any((self.workdir / "nodes").glob("*")):
+            # The nodes would open the earlier run's databases: not this scenario's start.
+            raise ScenarioError(
+                f"workdir {self.workdir} holds the node databases of an earlier run "
+                "(nodes/); give an empty or new folder"
+            )
         self.progress = progress
         self.room_id: str | None = None
         self.nodes: list[SimNode] = []

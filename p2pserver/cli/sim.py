@@ -133,6 +133,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     bar = None if args.quiet else ProgressBar(sys.stderr, unit)
     try:
         result = run_scenario(scenario, seed=args.seed, progress=bar, workdir=args.workdir)
+    except ScenarioError as exc:
+        print(f"p2pserver sim: {exc}", file=sys.stderr)
+        return 2
     finally:
         if bar is not None:
             bar.close()

@@ -141,6 +141,24 @@ def test_a_fuzzer_failure_exits_1_with_seed_and_operation_log(tmp_path: Path):
     )
     assert done.returncode == 1
     assert "converge fuzzer FAILED (scenario converge, seed 9)" in done.stderr
+    # The replay command carries the overrides: without them it would run another scenario.
+    assert (
+        "replay: p2pserver sim run converge --seed 9 --set nodes.count=5 --set fuzzer.members=5 "
+        "--set fuzzer.episodes=1 --set fuzzer.partitions=false --set fuzzer.conflicts=false\n"
+    ) in done.stderr
     assert "anti-vacuity" in done.stderr and "operation log" in done.stderr
     oplog = json.loads((tmp_path / "oplog.json").read_text())
     assert oplog and oplog[-1]["op"] == "heal"
+
+
+def test_a_workdir_of_an_earlier_run_is_refused(tmp_path: Path):
+    scenario = tmp_path / "small.toml"
+    scenario.write_text(SCENARIO.replace("count = 4", 'count = 4\nstorage = "disk"'))
+    workdir = tmp_path / "work"
+    first = sim("run", str(scenario), "--quiet", "--no-plots", "--workdir", str(workdir))
+    assert first.returncode == 0, first.stderr
+    assert any((workdir / "nodes").iterdir())
+    again = sim("run", str(scenario), "--quiet", "--no-plots", "--workdir", str(workdir))
+    assert again.returncode == 2
+    assert "holds the node databases of an earlier run" in again.stderr
+    assert "Traceback" not in again.stderr

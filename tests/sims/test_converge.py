@@ -179,3 +179,23 @@ def test_held_state_tells_a_redacted_copy_from_the_whole_event():
     assert held_state(state, {"$name"})[0] == ["m.room.name", "", "$name", "redacted"]
     assert state_fingerprint(state) != state_fingerprint(state, {"$name"})
     assert state_fingerprint(state, {"$name"}) == state_fingerprint(dict(state), ["$name"])
+
+
+class CrashingFuzzer(ConvergeFuzzer):
+    """Node code that raises in the second episode."""
+
+    async def run_episode(self, episode):
+        if episode == 1:
+            raise RuntimeError("a bug in node code")
+        await super().run_episode(episode)
+
+
+def test_an_error_in_the_run_still_reports_the_seed_and_the_operation_log():
+    scenario = load_scenario("converge", {**CI, "fuzzer.episodes": 2})
+    with pytest.raises(Exception) as caught:
+        CrashingFuzzer(scenario, seed=5).run()
+    notes = "\n".join(getattr(caught.value, "__notes__", []))
+    assert "converge fuzzer FAILED (scenario converge, seed 5)" in notes
+    assert "a bug in node code" in notes
+    assert "replay: p2pserver sim run converge --seed 5 --set nodes.count=8" in notes
+    assert "operation log" in notes and " heal " in notes
