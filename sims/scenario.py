@@ -51,7 +51,8 @@ are complete examples.
     not joined at its turn skips it (counted).
 ``[[events]]``
     The timeline, each with ``at`` and ``action``:
-    ``partition`` (``groups``: selections), ``heal``, ``cut`` (``a``,
+    ``partition`` (``groups``: selections), ``heal`` (every link; or,
+    with ``a`` and ``b``, only those between them), ``cut`` (``a``,
     ``b``), ``set_link`` (``a``, ``b``, link keys), ``crash``/``restart``
     (``nodes``), ``churn`` (``nodes``, ``until``, ``mean_up``,
     ``mean_down``: exponential session and downtime lengths), ``state``
@@ -115,7 +116,7 @@ ACTIONS = (
 )
 _ACTION_KEYS: dict[str, tuple[set[str], set[str]]] = {  # required, optional
     "partition": ({"groups"}, set()),
-    "heal": (set(), set()),
+    "heal": (set(), {"a", "b"}),
     "cut": ({"a", "b"}, set()),
     "set_link": ({"a", "b"}, {"latency", "bandwidth", "loss"}),
     "crash": ({"nodes"}, set()),
@@ -707,6 +708,8 @@ def parse_scenario(document: Mapping[str, Any], *, source: str = "<dict>") -> Sc
             if not isinstance(parts, list) or len(parts) < 2:
                 raise ScenarioError(f"{where}.groups: expected at least two selections")
             params["groups"] = [sel(g, f"{where}.groups[{j}]") for j, g in enumerate(parts)]
+        if action == "heal" and ("a" in raw) != ("b" in raw):
+            raise ScenarioError(f"{where}: a partial heal needs both a and b")
         if action == "set_link":
             params["profile"] = _profile(et, network.default)
         if action == "churn":

@@ -34,8 +34,9 @@ observed, and how often, leaves the nodes' trajectory as it is.
 Convergence at time t: every running node whose user is joined in its own
 view has the same resolved room state, as held (SHA-256 of the canonical
 JSON of its sorted ``[type, state_key, event_id, form]``, the form being
-whole or redacted: :func:`held_state`), and holds every message due at it. A heal starts a watch that polls every ``convergence_poll`` seconds
-for at most ``settle`` seconds; it records when the states first agreed
+whole or redacted: :func:`held_state`), and holds every message due at it.
+A full heal (every link up) starts a watch that polls every
+``convergence_poll`` seconds for at most ``settle`` seconds; it records when the states first agreed
 (``state_time``) and when everything had converged (``convergence_time``),
 both counted from the heal.
 """
@@ -562,6 +563,13 @@ class Simulation:
         if kind == "partition":
             self.hub.partition(*[[names[i] for i in g] for g in p["groups"]])
             self.log("partition", (), " | ".join(" ".join(map(str, g)) for g in p["groups"]))
+        elif kind == "heal" and "a" in p:
+            # A partial heal: other cuts may stay, so no convergence is awaited.
+            for a in p["a"]:
+                for b in p["b"]:
+                    if a != b:
+                        self.hub.set_link(names[a], names[b], up=True)
+            self.log("heal", p["a"], "with " + " ".join(map(str, p["b"])))
         elif kind == "heal":
             self.hub.heal()
             self.log("heal")

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from sims import Simulation, load_scenario
+from sims import ScenarioError, Simulation, load_scenario, parse_scenario
 
 from .conftest import partition_document, run_document
 
@@ -239,3 +239,28 @@ def test_prefab_room_for_large_scenarios():
     assert "deliveries" not in result.tables and math.isfinite(
         result.summary["delivery"]["latency_p99"]
     )
+
+
+def test_a_partial_heal_reconnects_only_the_groups_it_names():
+    document = partition_document()
+    document["events"] = [
+        {"at": 60, "action": "partition", "groups": ["0-1", "2-3", "4-5"]},
+        {"at": 100, "action": "heal", "a": "0-1", "b": "2-3"},
+    ]
+    result = run_document(document, seed=1)
+    deliveries = {(d["seq"], d["server"]): d for d in result.table("deliveries")}
+    later = [m for m in result.table("messages") if m["sent_at"] > 110 and m["sender"] in (0, 1)]
+    assert later
+    for m in later:
+        reached = {s for s in range(6) if deliveries.get((m["seq"], s), {}).get("delivered_at")}
+        assert {2, 3} <= reached and not reached & {4, 5}, (m, reached)
+    assert result.table("convergence") == []  # only a full heal awaits convergence
+    (heal,) = [row for row in result.table("timeline") if row["action"] == "heal"]
+    assert heal["nodes"] == "0 1" and heal["detail"] == "with 2 3"
+
+
+def test_a_partial_heal_needs_both_sides():
+    document = partition_document()
+    document["events"] = [{"at": 100, "action": "heal", "a": "0-1"}]
+    with pytest.raises(ScenarioError, match="a partial heal needs both a and b"):
+        parse_scenario(document)
