@@ -197,6 +197,10 @@ class ConvergeFuzzer(Simulation):
         joined = self.joined_running()
         before = {self.fingerprint(n) for n in joined}
         heads = {tuple(sorted(n.store.forward_extremities(self.room_id or ""))) for n in joined}
+        # The agreement table gets the moments that matter, whatever its
+        # interval: just before each heal, and once converged. (Reads only:
+        # the nodes' trajectory stays as it is.)
+        self.sample()
         self.op("heal")
         self.hub.heal()
         for node in self.nodes:
@@ -204,6 +208,8 @@ class ConvergeFuzzer(Simulation):
                 await self.start_node(node)
         heal_at = self.now()
         converged = await self.settle()
+        if self.now() > heal_at:
+            self.sample()
         row = {
             "episode": episode,
             "start": round(start, 6),

@@ -30,6 +30,12 @@ def test_converge_fuzzer_ci_seeds(seed):
     assert {"partition", "state", "message", "heal"} <= ops
     episodes = result.table("episodes")
     assert any(e["states_before_heal"] > 1 for e in episodes)
+    # The agreement table holds each heal's divergence and each convergence.
+    states_at = {row["time"]: row["states"] for row in result.table("agreement")}
+    for e in episodes:
+        assert states_at[round(e["heal_at"], 3)] == e["states_before_heal"]
+        if e["convergence_time"] > 0:
+            assert states_at[round(e["heal_at"] + e["convergence_time"], 3)] == 1
 
 
 def test_the_fuzzer_replays_exactly():
