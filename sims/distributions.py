@@ -13,7 +13,8 @@ always in seconds::
 
 Every distribution also takes ``min`` (default 0) and ``max`` (default
 none): draws are clamped to them, so a normal never yields a negative delay
-and a heavy tail can be capped. Draws take an explicit ``random.Random``
+and a heavy tail can be capped. A Pareto with ``alpha <= 1`` has an
+infinite mean, so it needs a ``max``. Draws take an explicit ``random.Random``
 (see :mod:`sims.determinism`); nothing here holds randomness of its own.
 """
 
@@ -91,6 +92,12 @@ class Distribution:
             return float(p["scale"] * alpha / (alpha - 1)) if alpha > 1 else math.inf
         return sum(p["values"]) / len(p["values"])
 
+    def clamped_mean(self) -> float:
+        """The mean clamped to ``[min, max]``: finite whenever ``max`` is set, even
+        for a Pareto whose own mean is infinite (then it is ``max``). Retransmission
+        timeouts use it."""
+        return min(max(self.mean(), self.low), self.high)
+
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"dist": self.kind, **dict(self.params)}
         if self.low:
@@ -145,6 +152,13 @@ def parse_distribution(spec: object, *, where: str = "latency") -> Distribution:
     high = spec.get("max", math.inf)
     if not _is_number(low) or low < 0 or not (_is_number(high) or high == math.inf) or high < low:
         raise DistributionError(f"{where}: need 0 <= min <= max")
+    if kind == "pareto" and p["alpha"] <= 1 and high == math.inf:
+        # Retransmission timeouts follow the mean latency: an infinite one
+        # would stall a connection at its first lost frame.
+        raise DistributionError(
+            f"{where}: a pareto with alpha <= 1 has an infinite mean; "
+            "give alpha > 1 or cap it with max"
+        )
     return Distribution(kind, tuple(params), float(low), float(high))
 
 

@@ -17,11 +17,15 @@ stripped by a server that did not know of its join yet. A message that is
 held but never entered a server's timeline (soft-failed there) counts as
 held, not delivered.
 
-Tables (``write_tables``): each is a list of flat records, written as
+Tables (:func:`write_table`): each is a list of flat records, written as
 ``<name>.csv`` (header row, comma-separated) and ``<name>.json`` (an array
 of objects), so ``pandas.read_csv`` and ``pandas.read_json`` load either
-directly. Times are virtual seconds since the start of the run, rounded to
-microseconds; missing values are empty in CSV and null in JSON.
+directly. Every table the simulator writes has a fixed column list,
+:data:`TABLE_COLUMNS`, so its CSV keeps its header even with no rows (a run
+without a heal has an empty ``convergence``); ``traffic`` adds a
+``bytes_<method>`` column per method seen. Times are virtual seconds since
+the start of the run, rounded to microseconds; missing values are empty in
+CSV and null in JSON.
 ``summary.json`` holds the scenario, the seed and the aggregates. Nothing
 written here depends on the wall clock, so the same scenario and seed give
 byte-identical files; wall time and memory go to ``perf.json``, which is
@@ -43,6 +47,67 @@ from typing import Any
 from p2pserver.engine.notifier import RoomUpdate
 
 NAN = math.nan
+
+# The columns of each table, in order (see the module docstring).
+MESSAGE_COLUMNS = (
+    "seq",
+    "event_id",
+    "sender",
+    "sent_at",
+    "due",
+    "delivered",
+    "held_not_timeline",
+    "delivery_ratio",
+    "latency_p50",
+    "latency_p90",
+    "latency_max",
+)
+DELIVERY_COLUMNS = ("seq", "server", "delivered_at", "latency", "held_not_timeline")
+TRAFFIC_COLUMNS = (  # then bytes_<method> for each method any node sent
+    "node",
+    "server_name",
+    "messages_sent",
+    "bytes_sent",
+    "messages_received",
+    "bytes_received",
+)
+AGREEMENT_COLUMNS = ("time", "running", "joined", "states", "agreement", "heads", "messages")
+CONVERGENCE_COLUMNS = (
+    "heal",
+    "heal_at",
+    "state_time",
+    "converged_at",
+    "convergence_time",
+    "converged",
+)
+TIMELINE_COLUMNS = ("time", "action", "nodes", "detail")
+DISCOVERY_COLUMNS = ("node", "complete_at")
+EPISODE_COLUMNS = (  # the converge fuzzer's
+    "episode",
+    "start",
+    "heal_at",
+    "sides",
+    "ops",
+    "states_before_heal",
+    "heads_before_heal",
+    "diverged",
+    "converged",
+    "state_time",
+    "convergence_time",
+    "messages",
+)
+OPLOG_COLUMNS = ("time", "episode", "op", "nodes", "detail", "outcome")  # the fuzzer's
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": MESSAGE_COLUMNS,
+    "deliveries": DELIVERY_COLUMNS,
+    "traffic": TRAFFIC_COLUMNS,
+    "agreement": AGREEMENT_COLUMNS,
+    "convergence": CONVERGENCE_COLUMNS,
+    "timeline": TIMELINE_COLUMNS,
+    "discovery": DISCOVERY_COLUMNS,
+    "episodes": EPISODE_COLUMNS,
+    "oplog": OPLOG_COLUMNS,
+}
 
 
 @dataclass
@@ -277,19 +342,28 @@ def write_json(path: Path, value: Any) -> None:
     path.write_text(json.dumps(_clean(value), indent=1, ensure_ascii=False) + "\n", "utf-8")
 
 
-def write_table(out: Path, name: str, rows: list[dict[str, Any]]) -> list[Path]:
-    """``<name>.csv`` and ``<name>.json`` for one table (an empty table keeps no header)."""
-    columns: dict[str, None] = {}
+def write_table(
+    out: Path, name: str, rows: list[dict[str, Any]], columns: Sequence[str] | None = None
+) -> list[Path]:
+    """``<name>.csv`` and ``<name>.json`` for one table.
+
+    The columns are ``columns``, else the table's in :data:`TABLE_COLUMNS`,
+    then any other keys the rows carry (first seen first), so the CSV header
+    is there even with no rows; a row without a column has it empty (null).
+    """
+    declared = columns if columns is not None else TABLE_COLUMNS.get(name, ())
+    fields: dict[str, None] = dict.fromkeys(declared)
     for row in rows:
-        columns.update(dict.fromkeys(row))
+        fields.update(dict.fromkeys(row))
+    records = [{k: _clean(row.get(k)) for k in fields} for row in rows]
     csv_path = out / f"{name}.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        writer = csv.DictWriter(f, fieldnames=list(fields), lineterminator="\n")
         writer.writeheader()
-        for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in _clean(row).items()})
+        for record in records:
+            writer.writerow({k: ("" if v is None else v) for k, v in record.items()})
     json_path = out / f"{name}.json"
     json_path.write_text(
-        json.dumps(_clean(rows), ensure_ascii=False, separators=(",", ":")) + "\n", "utf-8"
+        json.dumps(records, ensure_ascii=False, separators=(",", ":")) + "\n", "utf-8"
     )
     return [csv_path, json_path]

@@ -22,7 +22,8 @@ Theory of operation:
 - Streams, not datagrams. A connection behaves like TCP under libp2p:
   frames arrive in order (a later frame waits for an earlier one that is
   late: head-of-line blocking). A lost frame is sent again after a
-  retransmission timeout that doubles each time (at least ``min_rto``);
+  retransmission timeout that doubles each time (from four times the
+  link's mean latency clamped to its ``max``, at least ``min_rto``);
   after ``max_retransmits`` losses in a row the connection resets and the
   requests waiting on it fail with PeerUnreachable.
 - Connections. Made on demand, one per pair, shared by both directions.
@@ -392,7 +393,7 @@ class SimHub:
     # --- frames -----------------------------------------------------------------------
 
     def _rto(self, profile: LinkProfile, attempt: int) -> float:
-        return max(self.min_rto, 4 * profile.latency.mean()) * (2**attempt)
+        return max(self.min_rto, 4 * profile.latency.clamped_mean()) * (2**attempt)
 
     def send_frame(
         self,

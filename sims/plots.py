@@ -46,43 +46,59 @@ def plot_result(result: SimResult, out: Path) -> list[Path]:
 
 
 def plot_latency(result: SimResult, out: Path) -> Path | None:
-    """Histogram and CDF of per-delivery latency."""
-    latencies = _latencies(result)
-    if not latencies:
+    """Histogram and CDF of per-delivery latency (per-message medians without deliveries)."""
+    fig = latency_figure(result)
+    if fig is None:
         return None
-    fig = _figure()
-    hist, cdf = fig.subplots(1, 2)
-    hist.hist(latencies, bins=min(60, max(10, len(latencies) // 20)), color="tab:blue")
-    hist.set_xlabel("delivery latency (s)")
-    hist.set_ylabel("deliveries")
-    n = len(latencies)
-    cdf.plot(latencies, [(i + 1) / n for i in range(n)], color="tab:blue")
-    cdf.set_xscale("log" if latencies[0] > 0 else "linear")
-    cdf.set_xlabel("delivery latency (s)")
-    cdf.set_ylabel("fraction of deliveries")
-    cdf.grid(True, alpha=0.3)
-    summary = result.summary.get("delivery", {})
-    fig.suptitle(
-        f"{result.scenario.name} seed {result.seed}: {n} deliveries, "
-        f"ratio {summary.get('delivery_ratio')}, p50 {summary.get('latency_p50')} s"
-    )
-    fig.tight_layout()
     path = out / "latency.png"
     fig.savefig(path)
     return path
 
 
-def _latencies(result: SimResult) -> list[float]:
+def latency_figure(result: SimResult) -> Any:
+    """The figure :func:`plot_latency` writes (None if nothing was delivered)."""
+    latencies, per_message = _latencies(result)
+    if not latencies:
+        return None
+    # Without the deliveries table (metrics.deliveries = false) only each
+    # message's median is known: say so, not "deliveries".
+    value, unit = (
+        ("per-message median latency", "messages")
+        if per_message
+        else ("delivery latency", "deliveries")
+    )
+    fig = _figure()
+    hist, cdf = fig.subplots(1, 2)
+    hist.hist(latencies, bins=min(60, max(10, len(latencies) // 20)), color="tab:blue")
+    hist.set_xlabel(f"{value} (s)")
+    hist.set_ylabel(unit)
+    n = len(latencies)
+    cdf.plot(latencies, [(i + 1) / n for i in range(n)], color="tab:blue")
+    cdf.set_xscale("log" if latencies[0] > 0 else "linear")
+    cdf.set_xlabel(f"{value} (s)")
+    cdf.set_ylabel(f"fraction of {unit}")
+    cdf.grid(True, alpha=0.3)
+    summary = result.summary.get("delivery", {})
+    ratio, p50 = summary.get("delivery_ratio"), summary.get("latency_p50")
+    what = f"{value} over {n} messages" if per_message else f"{n} deliveries"
+    # The summary's ratio and p50 are over all deliveries either way.
+    fig.suptitle(
+        f"{result.scenario.name} seed {result.seed}: {what}, "
+        f"delivery ratio {ratio}, delivery p50 {p50} s"
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _latencies(result: SimResult) -> tuple[list[float], bool]:
+    """Sorted latencies, and whether they are per-message medians (no deliveries table)."""
     rows = result.tables.get("deliveries")
     if rows is not None:
-        values = [r["latency"] for r in rows if r["latency"] is not None]
-    else:  # per-message figures only: plot their medians
-        values = [
-            r["latency_p50"]
-            for r in result.tables.get("messages", [])
-            if r["latency_p50"] is not None
-        ]
-    return sorted(values)
+        return sorted(r["latency"] for r in rows if r["latency"] is not None), False
+    values = [
+        r["latency_p50"] for r in result.tables.get("messages", []) if r["latency_p50"] is not None
+    ]
+    return sorted(values), True
 
 
 def plot_convergence(result: SimResult, out: Path) -> Path | None:
