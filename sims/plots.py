@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 MARKED_ACTIONS = {
     "partition": "tab:red",
     "cut": "tab:red",
+    "cutlinks": "tab:red",  # the converge fuzzer's random cuts (its operation log)
     "heal": "tab:green",
     "crash": "tab:gray",
 }
@@ -103,6 +104,16 @@ def _latencies(result: SimResult) -> tuple[list[float], bool]:
 
 def plot_convergence(result: SimResult, out: Path) -> Path | None:
     """State agreement over time, with partitions, heals and convergence marked."""
+    fig = convergence_figure(result)
+    if fig is None:
+        return None
+    path = out / "convergence.png"
+    fig.savefig(path)
+    return path
+
+
+def convergence_figure(result: SimResult) -> Any:
+    """The figure :func:`plot_convergence` writes (None without agreement samples or episodes)."""
     rows = [r for r in result.tables.get("agreement", []) if r["agreement"] is not None]
     episodes = result.tables.get("episodes")
     if not rows and not episodes:
@@ -123,11 +134,14 @@ def plot_convergence(result: SimResult, out: Path) -> Path | None:
         bottom.set_ylabel("distinct")
         bottom.set_xlabel("virtual time (s)")
         bottom.legend(loc="upper right")
-        for event in result.tables.get("timeline", []):
-            color = MARKED_ACTIONS.get(event["action"])
+        # A scenario's timeline, or the fuzzer's operation log.
+        marks = [(e["time"], e["action"]) for e in result.tables.get("timeline", [])]
+        marks += [(op["time"], op["op"]) for op in result.tables.get("oplog", [])]
+        for time, action in marks:
+            color = MARKED_ACTIONS.get(action)
             if color is not None:
                 for ax in (top, bottom):
-                    ax.axvline(event["time"], color=color, alpha=0.4, linewidth=1)
+                    ax.axvline(time, color=color, alpha=0.4, linewidth=1)
         for row in result.tables.get("convergence", []):
             if row.get("converged_at") is not None:
                 top.axvspan(row["heal_at"], row["converged_at"], color="tab:green", alpha=0.15)
@@ -140,9 +154,7 @@ def plot_convergence(result: SimResult, out: Path) -> Path | None:
         bottom.set_xlabel("episode")
     fig.suptitle(f"{result.scenario.name} seed {result.seed}: state agreement and convergence")
     fig.tight_layout()
-    path = out / "convergence.png"
-    fig.savefig(path)
-    return path
+    return fig
 
 
 def plot_traffic(result: SimResult, out: Path) -> Path | None:

@@ -10,7 +10,7 @@ import pytest
 
 from sims import load_scenario, run_scenario
 from sims.metrics import TABLE_COLUMNS, TRAFFIC_COLUMNS
-from sims.plots import latency_figure
+from sims.plots import convergence_figure, latency_figure
 
 # Three devices on a LAN, a few messages, no partition: no heal, so an empty
 # convergence table. Well under a second.
@@ -120,3 +120,12 @@ def test_the_latency_plot_names_what_it_plots():
         ("per-message median latency (s)", "messages"),
         ("per-message median latency (s)", "fraction of messages"),
     ]
+
+
+def test_the_convergence_plot_marks_the_fuzzers_cuts_and_heals():
+    result = run_scenario(load_scenario("converge", CONVERGE), seed=1)
+    top = convergence_figure(result).axes[0]
+    marked = {line.get_xdata()[0] for line in top.lines if len(set(line.get_xdata())) == 1}
+    ops = [op for op in result.table("oplog") if op["op"] in ("partition", "cutlinks", "heal")]
+    assert {op["op"] for op in ops} >= {"heal"} and len(ops) >= 2
+    assert {op["time"] for op in ops} <= marked
