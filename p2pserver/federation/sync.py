@@ -122,6 +122,9 @@ RESTORE_PROBES = 3
 RESTORE_PASSES = 3
 RESTORE_SERVERS = 8
 RESTORE_MEMORY = 4096
+# After a server connects, how long to let it take our heads before asking
+# it for events that wait for another round.
+RESTORE_AFTER_CONNECT = 5.0
 MAX_CONCURRENT_EXCHANGES = 8
 # Too many forward extremities: the wait before merging them, per server
 # between REDUCE_DELAY and REDUCE_DELAY + REDUCE_SPREAD seconds.
@@ -167,6 +170,8 @@ class _RestoreTries:
     stripped_by: set[str] = field(default_factory=set)  # definitive answers
     not_before: float = 0.0  # not asked again until then
     given_up: bool = False
+    # Servers a round could not reach: asked when they connect (once each).
+    unreached: set[str] = field(default_factory=set)
 
 
 class RoomSync:
@@ -201,7 +206,8 @@ class RoomSync:
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_EXCHANGES)
         self._nursery: trio.Nursery | None = None
         self._round = 0
-        self._restoring: set[str] = set()
+        # Rooms with a restore run, and the event that wakes it early.
+        self._restoring: dict[str, trio.Event] = {}
         self._restore_tries: LruCache[str, _RestoreTries] = LruCache(RESTORE_MEMORY)
         self._filling: set[str] = set()
         # Counters for tests and benchmarks.
@@ -225,6 +231,11 @@ class RoomSync:
         rooms = shared_rooms(self.store, server_name)
         if rooms and self._nursery is not None:
             self._nursery.start_soon(self.exchange, server_name, rooms)
+            restoring = [
+                r for r in rooms if r in self._restoring or self._deferred_restores(r, server_name)
+            ]
+            if restoring:
+                self._nursery.start_soon(self._restore_on_connect, server_name, restoring)
 
     # -- running -------------------------------------------------------------------------
 
@@ -498,6 +509,11 @@ class RoomSync:
           :data:`RESTORE_PATIENCE`: time for servers that strip because our
           join has not reached them to learn of it. Events asked in fewer
           rounds go first, so those behind cannot be crowded out.
+        - A server that connects (say, as a partition heals) wakes a run
+          waiting out its backoff, and is asked, once, for the events
+          waiting for another round whose rounds could not reach it
+          (:meth:`_restore_on_connect`): those rounds may have reached only
+          servers that hold them stripped too.
         - What was asked is remembered (in memory, for the last
           :data:`RESTORE_MEMORY` events) across runs, which each stripped
           arrival may start: however often runs start, an event is asked
@@ -515,7 +531,7 @@ class RoomSync:
                     self._restore_tries.pop(event_id)
         if room_id in self._restoring:
             return 0
-        self._restoring.add(room_id)
+        kick = self._restoring[room_id] = trio.Event()
         restored = 0
         try:
             delay = 1.0
@@ -532,10 +548,15 @@ class RoomSync:
                     wake = min(wake, later)
                 if wake > deadline:
                     break
-                await trio.sleep_until(wake)
-                delay = min(delay * 2, 60.0)
+                with trio.move_on_at(wake):
+                    await kick.wait()
+                if kick.is_set():  # a server of the room connected: go again now
+                    kick = self._restoring[room_id] = trio.Event()
+                    delay = 1.0
+                else:
+                    delay = min(delay * 2, 60.0)
         finally:
-            self._restoring.discard(room_id)
+            del self._restoring[room_id]
         if restored:
             logger.info("restored %d stripped events of %s", restored, room_id)
         return restored
@@ -579,12 +600,15 @@ class RoomSync:
         definitive: dict[str, set[str]] = {}  # event -> servers that stripped it, this round
         answered: set[str] = set()
         restored: set[str] = set()
+        unreached: set[str] = set()
         pending = list(event_ids)
         for server in servers:
             asking = [e for e in pending if server not in self._stripped_by(e)]
             if not asking:
                 continue
             whole, stripped, serves = await self._restore_from(server, room_id, asking)
+            if not whole and not stripped:
+                unreached.add(server)  # no answer at all
             restored.update(whole)
             answered.update(stripped)
             if serves:
@@ -605,11 +629,65 @@ class RoomSync:
             tries = self._restore_tries.pop(event_id) or _RestoreTries(room_id)
             tries.passes += 1
             tries.stripped_by |= definitive.get(event_id, set())
+            tries.unreached |= unreached
             tries.given_up = tries.passes >= RESTORE_PASSES or len(tries.stripped_by) >= needed
             # Rounds at 0, 1/4 and 3/4 of RESTORE_PATIENCE (with 3 passes).
             tries.not_before = now + RESTORE_PATIENCE * 2.0 ** (tries.passes - RESTORE_PASSES)
             self._restore_tries.set(event_id, tries)
         return len(restored)
+
+    def _deferred_restores(self, room_id: str, server: str) -> list[str]:
+        """The room's stripped events waiting for another round, whose last
+        rounds could not reach ``server``."""
+        waiting = []
+        for event_id, tries in self._restore_tries.items():
+            if tries.room_id != room_id or tries.given_up or server not in tries.unreached:
+                continue
+            meta = self.store.event_meta(event_id)
+            if meta is not None and meta.redacted:
+                waiting.append(event_id)
+        return waiting[:MAX_RESTORED]
+
+    async def _restore_on_connect(self, server: str, room_ids: list[str]) -> None:
+        """A server of rooms we restore connected: it may serve what we hold stripped.
+
+        A partition healing is the typical case. A run waiting out its
+        backoff (every server was out of reach) goes again at once. Events
+        waiting minutes for another round (the rounds so far reached only
+        servers holding them stripped as we do) are asked of this server if
+        those rounds could not reach it, once: so a server that reconnects
+        often is not asked again and again.
+        Both wait until it has had time to take our heads (our join among
+        them) from the exchange its connection starts; only a definitive
+        answer counts against an event.
+        """
+        await trio.sleep(RESTORE_AFTER_CONNECT)
+        for room_id in room_ids:
+            kick = self._restoring.get(room_id)
+            if kick is not None:
+                kick.set()
+            if self.server_name not in room_servers(self.store, room_id):
+                continue
+            waiting = self._deferred_restores(room_id, server)
+            if not waiting:
+                continue
+            whole, stripped, serves = await self._restore_from(server, room_id, waiting)
+            if not whole and not stripped:
+                continue  # out of reach again: it may connect again
+            for event_id in waiting:
+                tries = self._restore_tries.get(event_id)
+                if tries is not None:
+                    tries.unreached.discard(server)
+            for event_id in whole:
+                self._restore_tries.pop(event_id)
+            if whole:
+                logger.info("restored %d stripped events of %s", len(whole), room_id)
+            if serves:
+                for event_id in stripped:
+                    tries = self._restore_tries.get(event_id)
+                    if tries is not None:
+                        tries.stripped_by.add(server)
+                        tries.given_up = tries.given_up or len(tries.stripped_by) >= RESTORE_PROBES
 
     def _stripped_by(self, event_id: str) -> set[str]:
         tries = self._restore_tries.get(event_id)

@@ -237,3 +237,68 @@ def test_stripped_outliers_are_not_asked_for():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_a_server_that_comes_back_is_asked_at_once_for_what_waits_for_another_round():
+    """b and c hold a's message stripped, cut off from a: each asks the
+    other, gets it stripped too, and the round counts, so the next waits
+    minutes. When a partition heals, a connects again and is asked within
+    seconds (found by the converge fuzzer with its check of the held state:
+    a room name shown empty for over two minutes after a heal)."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            hub.partition([a.server_name], [b.server_name, c.server_name])
+            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
+            for node in (b, c):
+                a.store.outbound.ack(node.server_name, 2**62)  # every push is lost
+            copy = stripped_copy(a, room_id, message)
+            for node in (b, c):
+                await node.engine.receive_pdu(a.server_name, copy)
+                assert not is_whole(node, message) and node.engine.entitled_to_content(message)
+            await trio.sleep(30)  # b and c asked each other: the next round is minutes away
+            tries = c.fed.sync._restore_tries.get(message)
+            assert tries is not None and tries.not_before > trio.current_time() + 60
+            hub.heal()
+            healed = trio.current_time()
+            await a.engine.send_message(room_id, a.user("u0"), {"body": "back"})  # connects
+            await wait_until(lambda: is_whole(b, message) and is_whole(c, message), timeout=60)
+            assert trio.current_time() - healed < 15  # RESTORE_AFTER_CONNECT (5 s) and the asking
+            nursery.cancel_scope.cancel()
+
+    run(main)
+
+
+def test_a_run_waiting_out_its_backoff_goes_again_when_a_server_connects():
+    """c holds a message stripped and every server is out of reach, so its
+    rounds come a minute apart. Right after one, the partition heals: a
+    connects, and c asks again within seconds, not at the next round."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        rounds: list[float] = []
+        candidates = c.fed.sync._restore_candidates
+
+        async def counting(room_id: str, cursor: str | None) -> Any:
+            rounds.append(trio.current_time())
+            return await candidates(room_id, cursor)
+
+        c.fed.sync._restore_candidates = counting  # type: ignore[method-assign]
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            message = await message_held_stripped((a, b, c), room_id)
+            await wait_until(lambda: len(rounds) >= 8, timeout=sync.RESTORE_PATIENCE)
+            assert rounds[-1] - rounds[-2] >= 59  # backed off to a minute
+            await trio.sleep(1)
+            hub.heal()
+            healed = trio.current_time()
+            await a.engine.send_message(room_id, a.user("u0"), {"body": "back"})  # connects
+            await wait_until(lambda: is_whole(c, message), timeout=120)
+            assert trio.current_time() - healed < 15  # RESTORE_AFTER_CONNECT (5 s) and the asking
+            nursery.cancel_scope.cancel()
+
+    run(main)
