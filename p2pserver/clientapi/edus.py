@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from p2pserver.clientapi.streams import PRESENCE_STATES
+from p2pserver.rooms.canonical_json import MAX_SAFE_INTEGER
 from p2pserver.rooms.events import sender_server
 
 if TYPE_CHECKING:
@@ -111,7 +112,8 @@ def receive_edu(api: ClientAPI, origin: str, edu: Any) -> None:
                         user_id,
                         thread_id if isinstance(thread_id, str) and thread_id else None,
                         event_id,
-                        ts if type(ts) is int else api.now_ms(),
+                        # A JSON integer (the wire carries up to 64 bits, SQLite 63).
+                        ts if type(ts) is int and 0 <= ts <= MAX_SAFE_INTEGER else api.now_ms(),
                     )
                     changed = True
     elif edu_type == "m.presence":
