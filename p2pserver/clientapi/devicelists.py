@@ -26,6 +26,9 @@ client asks for their keys while they share a room with one of our users
   is marked stale and a snapshot fetched at once (:func:`refresh`), and at
   the next key query again if that fails.
 - ``m.signing_key_update`` replaces the cached master and self-signing keys.
+- A ``stream_id`` (of an EDU or a snapshot) that is not a JSON integer
+  (within ±(2**53-1); the wire carries up to 64 bits, SQLite only 63) is
+  malformed: the EDU or snapshot is ignored.
 - While we share no room with a user nobody tells us of their changes, so
   a remote user's membership change, or a local user's join, marks the
   caches of the users concerned stale (:func:`on_room_update`).
@@ -50,6 +53,7 @@ import trio
 
 from p2pserver.clientapi.views import RoomViews
 from p2pserver.engine.notifier import RoomUpdate
+from p2pserver.rooms.canonical_json import MAX_SAFE_INTEGER, MIN_SAFE_INTEGER
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.events import sender_server
 from p2pserver.storage.state_groups import StateMap
@@ -181,6 +185,10 @@ def _is_remote_user_of(api: ClientAPI, origin: str, user_id: Any) -> bool:
     )
 
 
+def _is_stream_id(value: Any) -> bool:
+    return type(value) is int and MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
+
+
 def device_keys_of(user_id: str, device_id: str, keys: Any) -> dict[str, Any] | None:
     """``keys`` if they are device keys of that very device, else None."""
     if (
@@ -214,7 +222,7 @@ async def receive_device_list_update(
     if (
         not _is_remote_user_of(api, origin, user_id)
         or not isinstance(device_id, str)
-        or type(stream_id) is not int
+        or not _is_stream_id(stream_id)
         or not isinstance(prev_ids, list)
     ):
         return
@@ -281,7 +289,7 @@ async def refresh(api: ClientAPI, user_id: str) -> bool:
         return False
     stream_id = answer.get("stream_id") if isinstance(answer, dict) else None
     listed = answer.get("devices") if isinstance(answer, dict) else None
-    if type(stream_id) is not int or not isinstance(listed, list):
+    if not _is_stream_id(stream_id) or not isinstance(listed, list):
         return False
     devices: list[tuple[str, str | None, dict[str, Any] | None]] = []
     for item in listed:
