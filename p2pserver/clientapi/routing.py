@@ -25,7 +25,7 @@ from urllib.parse import unquote
 
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.http import Request
-from p2pserver.rooms.canonical_json import parse_json
+from p2pserver.rooms.canonical_json import encode_json_loose, parse_json
 from p2pserver.rooms.errors import BadJSON
 
 if TYPE_CHECKING:
@@ -66,8 +66,10 @@ class Ctx:
     def json(self, *, optional: bool = False) -> dict[str, Any]:
         """The request body as a JSON object.
 
-        Not JSON at all: 400 M_NOT_JSON. JSON but not an object: 400
-        M_BAD_JSON. An empty body is ``{}`` when ``optional``.
+        Not JSON at all: 400 M_NOT_JSON, as for strings that are no
+        Unicode (lone surrogates, which ``\\ud800`` escapes decode to:
+        nothing could store, sign or send them on). JSON but not an
+        object: 400 M_BAD_JSON. An empty body is ``{}`` when ``optional``.
         """
         if not self._parsed:
             self._body = _parse_body(self.request.body, optional=optional)
@@ -107,6 +109,7 @@ def _parse_body(body: bytes, *, optional: bool) -> dict[str, Any]:
         raise ApiError.of("M_NOT_JSON", "the request body must be a JSON object")
     try:
         value = parse_json(body, strict=False)
+        encode_json_loose(value)  # BadJSON for a lone surrogate
     except BadJSON as exc:
         raise ApiError.of("M_NOT_JSON", exc.message) from None
     if not isinstance(value, dict):
