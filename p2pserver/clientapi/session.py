@@ -420,7 +420,7 @@ class UiaSessions:
         if auth is not None:
             stage = auth.get("type")
             allowed = {s for f in flows for s in f}
-            if stage not in allowed:
+            if not isinstance(stage, str) or stage not in allowed:
                 raise challenge("M_UNRECOGNIZED", f"unsupported authentication stage {stage!r}")
             if stage == PASSWORD:
                 await self._password_stage(ctx, auth, user_id, challenge)
