@@ -34,6 +34,7 @@ from typing import Any
 
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.routing import Ctx, Router
+from p2pserver.rooms.canonical_json import MAX_SAFE_INTEGER
 from p2pserver.storage.e2ee import BackupKey, BackupVersion
 
 __all__ = ["is_better"]
@@ -141,14 +142,20 @@ async def delete_version(ctx: Ctx) -> dict[str, Any]:
 # -- keys --------------------------------------------------------------------------------
 
 
+def _is_count(value: Any) -> bool:
+    """A JSON integer >= 0 (the parser takes any size; SQLite stores 63 bits)."""
+    return type(value) is int and 0 <= value <= MAX_SAFE_INTEGER
+
+
 def _key(value: Any, where: str) -> BackupKey:
     if not isinstance(value, dict):
         raise ApiError.of("M_BAD_JSON", f"{where} must be a key backup object")
     first, forwarded = value.get("first_message_index"), value.get("forwarded_count")
     verified, data = value.get("is_verified"), value.get("session_data")
-    if type(first) is not int or type(forwarded) is not int:
+    if not (_is_count(first) and _is_count(forwarded)):
         raise ApiError.of(
-            "M_BAD_JSON", f"{where}: first_message_index and forwarded_count are integers"
+            "M_BAD_JSON",
+            f"{where}: first_message_index and forwarded_count are non-negative integers",
         )
     if not isinstance(verified, bool) or not isinstance(data, dict):
         raise ApiError.of(
