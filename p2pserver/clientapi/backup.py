@@ -30,7 +30,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TypeGuard
 
 from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.routing import Ctx, Router
@@ -142,7 +142,7 @@ async def delete_version(ctx: Ctx) -> dict[str, Any]:
 # -- keys --------------------------------------------------------------------------------
 
 
-def _is_count(value: Any) -> bool:
+def _is_count(value: Any) -> TypeGuard[int]:
     """A JSON integer >= 0 (the parser takes any size; SQLite stores 63 bits)."""
     return type(value) is int and 0 <= value <= MAX_SAFE_INTEGER
 

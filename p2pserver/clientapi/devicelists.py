@@ -47,7 +47,7 @@ For clients, between two tokens (:func:`changes_between`, for incremental
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 import trio
 
@@ -185,7 +185,7 @@ def _is_remote_user_of(api: ClientAPI, origin: str, user_id: Any) -> bool:
     )
 
 
-def _is_stream_id(value: Any) -> bool:
+def _is_stream_id(value: Any) -> TypeGuard[int]:
     return type(value) is int and MIN_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER
 
 
