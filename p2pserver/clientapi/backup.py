@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from typing import Any, TypeGuard
 
 from p2pserver.clientapi.errors import ApiError
-from p2pserver.clientapi.routing import Ctx, Router
+from p2pserver.clientapi.routing import Ctx, Router, parse_decimal
 from p2pserver.rooms.canonical_json import MAX_SAFE_INTEGER
 from p2pserver.storage.e2ee import BackupKey, BackupVersion
 
@@ -68,7 +68,7 @@ def is_better(new: BackupKey, old: BackupKey) -> bool:
 
 
 def _version_number(text: str | None) -> int | None:
-    return int(text) if text is not None and text.isdigit() and len(text) < 19 else None
+    return parse_decimal(text) if text is not None else None
 
 
 def _describe(version: BackupVersion) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from p2pserver.clientapi.errors import ApiError
-from p2pserver.clientapi.routing import Ctx, Router
+from p2pserver.clientapi.routing import Ctx, Router, parse_decimal
 from p2pserver.rooms.power_levels import get_required_power_level, get_user_power_level
 from p2pserver.storage.accounts import AliasInUse
 
@@ -196,9 +196,10 @@ async def _public_rooms(
     api = ctx.api
     offset = 0
     if since:
-        if not since.startswith("o") or not since[1:].isdigit():
+        number = parse_decimal(since[1:]) if since.startswith("o") else None
+        if number is None:
             raise ApiError.of("M_INVALID_PARAM", f"invalid since token {since!r}")
-        offset = int(since[1:])
+        offset = number
     if server is not None and server != api.server_name:
         # Another node's rooms: what it lists in the shared directory.
         if api.remote is None:

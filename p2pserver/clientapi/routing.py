@@ -102,6 +102,18 @@ class Ctx:
         raise ApiError.of("M_INVALID_PARAM", f"{name} must be true or false")
 
 
+def parse_decimal(text: str) -> int | None:
+    """``text`` as a number if it is ASCII digits for at most SQLite's 2**63-1, else None.
+
+    For the numbers in IDs and tokens we issue. ``str.isdigit`` alone is
+    not enough: it takes digits ``int`` refuses (``"²"``) and any length.
+    """
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value < 2**63 else None
+
+
 def _parse_body(body: bytes, *, optional: bool) -> dict[str, Any]:
     if not body.strip():
         if optional:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import trio
 
 from p2pserver.clientapi.errors import ApiError
+from p2pserver.clientapi.routing import parse_decimal
 
 __all__ = [
     "HISTORY_START",
@@ -64,7 +65,7 @@ class StreamToken:
         parts = text[1:].split("_") if text.startswith("s") else []
         # Only the events position may be negative (history paged back to).
         digits = [p.removeprefix("-") if i == 0 else p for i, p in enumerate(parts)]
-        if not 1 <= len(parts) <= 3 or not all(d.isdigit() and len(d) < 20 for d in digits):
+        if not 1 <= len(parts) <= 3 or any(parse_decimal(d) is None for d in digits):
             raise ApiError.of("M_INVALID_PARAM", f"invalid {name} {text!r}")
         numbers = [int(p) for p in parts] + [0] * (3 - len(parts))
         return cls(numbers[0], numbers[1], numbers[2])

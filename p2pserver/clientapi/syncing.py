@@ -52,7 +52,7 @@ from p2pserver.clientapi.pushrules import (
     count_unread,
     default_ruleset,
 )
-from p2pserver.clientapi.routing import Ctx, Router
+from p2pserver.clientapi.routing import Ctx, Router, parse_decimal
 from p2pserver.clientapi.streams import HISTORY_START, PRESENCE_STATES, STREAM_END, StreamToken
 from p2pserver.clientapi.sync import (
     RoomSync,
@@ -102,7 +102,8 @@ async def create_filter(ctx: Ctx) -> dict[str, Any]:
 async def get_filter(ctx: Ctx) -> dict[str, Any]:
     user_id = _own_user(ctx)
     filter_id = ctx.params["filterId"]
-    stored = ctx.api.accounts.filter(user_id, int(filter_id)) if filter_id.isdigit() else None
+    number = parse_decimal(filter_id)
+    stored = ctx.api.accounts.filter(user_id, number) if number is not None else None
     if stored is None:
         raise ApiError.of("M_NOT_FOUND", "no such filter")
     return stored
@@ -120,7 +121,8 @@ def _sync_filter(ctx: Ctx) -> Filter:
         except ValueError:
             raise ApiError.of("M_INVALID_PARAM", "filter is not valid JSON") from None
         return parse_filter(data)
-    stored = ctx.api.accounts.filter(ctx.user_id, int(value)) if value.isdigit() else None
+    number = parse_decimal(value)
+    stored = ctx.api.accounts.filter(ctx.user_id, number) if number is not None else None
     if stored is None:
         raise ApiError.of("M_INVALID_PARAM", f"unknown filter {value!r}")
     return parse_filter(stored)
