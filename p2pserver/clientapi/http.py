@@ -20,6 +20,9 @@ Rules:
   (long-polling /sync) have no timeout here: they bound themselves.
 - Every response has ``Content-Length`` and the CORS headers the spec asks
   for ("Web Browser Clients"); the application decides everything else.
+- A handler that raises (a bug: the application answers every error it
+  knows) costs that request a 500 M_UNKNOWN, logged; the connection and
+  the server go on.
 """
 
 from __future__ import annotations
@@ -159,7 +162,11 @@ class HttpServer:
             except h11.RemoteProtocolError as exc:
                 await self._fail(conn, stream, exc.error_status_hint, str(exc))
                 return
-            response = await self.handler(request)
+            try:
+                response = await self.handler(request)
+            except Exception:
+                logger.exception("%s %s: the handler failed", request.method, request.path)
+                response = _plain_error(500, "M_UNKNOWN", "internal server error")
             await self._send(conn, stream, response, close=False)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                 return

@@ -22,8 +22,10 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from p2pserver.clientapi.errors import STATUS_FOR_ERRCODE
+from p2pserver.clientapi.http import HttpServer, Request, Response
 from tests.clientapi.conftest import PASSWORD, Node, auth, register_raw, unique
 
 V3 = "/_matrix/client/v3"
@@ -585,3 +587,38 @@ def test_query_parameters_and_path_segments(node: Node, world: dict[str, Any]) -
                 fuzz.send(method, V3 + path, SEGMENT_BODIES.get(method))
         assert fuzz.failures == [], "\n".join(fuzz.failures)
         _room_still_works(node, http, world)
+
+
+def test_a_handler_that_raises_costs_one_request_not_the_server() -> None:
+    """The fuzz above once made ClientAPI.handle raise from its own error branch
+    (an error message json_bytes could not encode), which took the whole HTTP
+    server down. Whatever escapes a handler must cost that request only."""
+
+    async def handler(request: Request) -> Response:
+        if request.path == "/boom":
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return Response(200, b"{}")
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        port = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(HttpServer(handler).serve, listeners)
+
+            def client() -> list[tuple[int, Any]]:
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                    answers = [http.get(path) for path in ("/boom", "/ok", "/boom")]
+                with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5) as http:
+                    answers.append(http.get("/ok"))  # a new connection
+                return [(a.status_code, a.json()) for a in answers]
+
+            answers = await trio.to_thread.run_sync(client)
+            nursery.cancel_scope.cancel()
+        assert answers == [
+            (500, {"errcode": "M_UNKNOWN", "error": "internal server error"}),
+            (200, {}),
+            (500, {"errcode": "M_UNKNOWN", "error": "internal server error"}),
+            (200, {}),
+        ]
+
+    trio.run(main)
