@@ -36,6 +36,12 @@ Rules, in the order they are checked:
    event (`$` + room_id[1:]) in `auth_events`.
 8. The whole PDU is canonical JSON (integers in ±(2**53-1), no floats) of at
    most 65,536 bytes.
+9. It is nested at most :data:`MAX_NESTING` (125) containers deep, itself
+   included. Not a spec rule: the federation framing
+   (:mod:`p2pserver.transport.framing`) carries 128 levels, of which the
+   deepest carrier of a PDU takes three (envelope, body, list of PDUs), so
+   a deeper PDU could never be sent; a client asking for one gets
+   M_BAD_JSON instead of an event its peers never receive.
 
 What is *not* checked here: the auth rules (including v12's "a create event
 has no room_id", rule 1.2, which rejects rather than drops), signatures and
@@ -65,6 +71,7 @@ __all__ = [
     "MAX_AUTH_EVENTS",
     "MAX_DEPTH",
     "MAX_ID_BYTES",
+    "MAX_NESTING",
     "MAX_PDU_BYTES",
     "MAX_PREV_EVENTS",
     "is_valid_event_id",
@@ -80,6 +87,8 @@ MAX_ID_BYTES = 255
 MAX_PREV_EVENTS = 20
 MAX_AUTH_EVENTS = 10
 MAX_DEPTH = MAX_SAFE_INTEGER
+# Containers, the PDU included (rule 9): transport.framing.MAX_DEPTH - 3.
+MAX_NESTING = 125
 
 # The keys the content hash leaves out; the PDU's size is the content-hash
 # input's size plus theirs.
@@ -218,6 +227,22 @@ def _check_event_ids(key: str, value: list[Any], limit: int) -> None:
             raise _fail(f"`{key}` holds {item!r}, which is not an event ID")
 
 
+def _nested_deeper_than(pdu: Mapping[str, Any], limit: int) -> bool:
+    """Whether ``pdu`` (one level) holds containers more than ``limit`` levels deep."""
+    depth, level = 1, [pdu]
+    while level:  # one level of containers at a time: no recursion
+        if depth > limit:
+            return True
+        depth += 1
+        level = [
+            child
+            for item in level
+            for child in (item.values() if isinstance(item, Mapping) else item)
+            if isinstance(child, (dict, list, tuple))
+        ]
+    return False
+
+
 def _is_create(pdu: Mapping[str, Any]) -> bool:
     return pdu.get("type") == "m.room.create" and pdu.get("state_key") == ""
 
@@ -306,6 +331,10 @@ def parse_pdu(pdu: object, room_version: RoomVersion) -> Event:
         reference_bytes = reference_hash_input(pdu, room_version)
     except BadJSON as exc:
         raise _fail(exc.message) from None
+
+    # 9. Nesting the federation can carry.
+    if _nested_deeper_than(pdu, MAX_NESTING):
+        raise _fail(f"nested more than {MAX_NESTING} levels deep")
 
     event_id = "$" + encode_base64(hashlib.sha256(reference_bytes).digest(), urlsafe=True)
     event = ParsedEvent(pdu, room_version, event_id=event_id)

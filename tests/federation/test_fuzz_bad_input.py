@@ -34,6 +34,8 @@ from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.hashing import add_content_hash, compute_event_id
 from p2pserver.rooms.signing import SigningKey, sign_event
+from p2pserver.rooms.validation import MAX_NESTING
+from p2pserver.transport import framing
 from p2pserver.transport.framing import Response, check_value, encode_response
 
 from .conftest import CONFIG, Node, cluster, run, set_power, shared_room, start_all, wait_until
@@ -725,3 +727,33 @@ def test_junk_answers_to_key_queries_never_fail_a_client(caplog: pytest.LogCaptu
 
     run(main)
     assert [r.getMessage() for r in caplog.records if r.exc_info] == []
+
+
+def _dicts(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = {"k": value}
+    return value
+
+
+def test_content_nested_deeper_than_the_wire_carries_is_refused_when_made():
+    """A client's event nested deeper than a frame carries (128 levels, three
+    of them the transaction's) could never be sent: it was made anyway, and the
+    room's next events no longer reached the other server."""
+    assert MAX_NESTING == framing.MAX_DEPTH - 3  # envelope, body, list of PDUs
+
+    async def main():
+        async with setup() as (a, b, room_id):
+            # PDU (1), content (2), then the nested objects: 125 levels in all.
+            deepest = await a.engine.send_message(
+                room_id, a.user("u0"), {"body": "deepest", "x": _dicts(123)}
+            )
+            with pytest.raises(MatrixError) as refused:
+                await a.engine.send_message(
+                    room_id, a.user("u0"), {"body": "deeper", "x": _dicts(124)}
+                )
+            assert refused.value.errcode == "M_BAD_JSON"
+            await wait_until(lambda: b.has(deepest), timeout=60)
+            await still_works(a, b, room_id, "after the deep ones")
+
+    run(main)
