@@ -36,7 +36,9 @@ When exchanges happen:
 3. Every ``sync_interval`` seconds: per room, with up to ``fanout``
    servers of the room, connected ones first, others dialled (skipping
    those the sender is backing off from), chosen anew each round. This
-   heals partitions with no other trigger. The first round comes between
+   heals partitions with no other trigger (and restores the room's
+   current state we hold stripped but may see whole, should anything have
+   missed it: ``restore_stripped``). The first round comes between
    one and two intervals after start, at a phase fixed by the server's
    name, so servers started together do not pull in step.
 
@@ -301,8 +303,26 @@ class RoomSync:
                 plan.setdefault(server, []).append(room_id)
             if others:
                 self.gaps_found(others[0], room_id)
+            if self._nursery is not None and self._state_to_restore(room_id):
+                self._nursery.start_soon(self.restore_stripped, room_id)
         self._start_exchanges(plan)
         return plan
+
+    def _state_to_restore(self, room_id: str) -> bool:
+        """Whether we hold stripped some of the room's current state that we may see whole.
+
+        What starts a restore (a stripped arrival while joined, our join, a
+        server connecting) should cover every case; this backstop covers
+        what users would see most, the room's name or topic shown empty,
+        should one be missed (one was: an arrival during a run's last round).
+        """
+        if room_id in self._restoring or self.server_name not in room_servers(self.store, room_id):
+            return False
+        for event_id in self.store.redacted_current_state(room_id):
+            tries = self._restore_tries.get(event_id)
+            if (tries is None or not tries.given_up) and self.engine.entitled_to_content(event_id):
+                return True
+        return False
 
     def _start_exchanges(self, plan: Mapping[str, list[str]]) -> None:
         if self._nursery is None:
@@ -524,12 +544,16 @@ class RoomSync:
 
         A run repeats rounds with backoff for up to :data:`RESTORE_PATIENCE`
         seconds, until nothing is left to ask; one runs per room at a time.
+        A call while it runs (a stripped arrival) makes it go again at
+        once, past its deadline if need be, so that no arrival is missed.
         """
         if afresh:
             for event_id, tries in self._restore_tries.items():
                 if tries.room_id == room_id:
                     self._restore_tries.pop(event_id)
         if room_id in self._restoring:
+            # A run is on: it goes again now (it may be past its last round).
+            self._restoring[room_id].set()
             return 0
         kick = self._restoring[room_id] = trio.Event()
         restored = 0
@@ -541,16 +565,16 @@ class RoomSync:
                 ready, later, cursor = await self._restore_candidates(room_id, cursor)
                 if ready:
                     restored += await self._restore_round(room_id, ready)
-                elif later is None and cursor is None:
+                elif later is None and cursor is None and not kick.is_set():
                     break  # nothing left to ask, now or later
                 wake = trio.current_time() + delay
                 if later is not None:
                     wake = min(wake, later)
-                if wake > deadline:
+                if wake > deadline and not kick.is_set():
                     break
                 with trio.move_on_at(wake):
                     await kick.wait()
-                if kick.is_set():  # a server of the room connected: go again now
+                if kick.is_set():  # news: a stripped arrival, a server of the room connected
                     kick = self._restoring[room_id] = trio.Event()
                     delay = 1.0
                 else:
