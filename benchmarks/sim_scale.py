@@ -119,6 +119,11 @@ def main() -> None:
             f"  steady CPU per delivery (second half of the traffic) {steady * 1e3:,.2f} ms; "
             f"RSS {mid['rss'] / 2**20:,.0f} MiB at the middle"
         )
+        full = 10_000 * 999  # the scenario's deliveries: 10,000 messages to 999 others
+        print(
+            f"  at that rate the full scenario's {full:,} deliveries take {full * steady / 3600:,.1f} h "
+            "of CPU (target: 10 min wall; floor: benchmarks/delivery_floor.py)"
+        )
     traffic = result.summary["traffic"]
     print(
         f"  traffic {traffic['messages_sent']:,} frames, {traffic['bytes_sent'] / 1e6:,.1f} MB; "
