@@ -576,9 +576,28 @@ def test_query_parameters_and_path_segments(node: Node, world: dict[str, Any]) -
                 fuzz.send("GET", V3 + path, query={k: v for k, v in base.items() if k != key})
                 for junk in TEXT_JUNK:
                     fuzz.send("GET", V3 + path, query={**base, key: junk})
-            for junk in JUNK:
-                filter_json = json.dumps({"room": {"timeline": {"limit": junk}}, "x": junk})
-                fuzz.send("GET", V3 + path, query={**base, "filter": filter_json})
+        # Inline filters, which bypass the body parser: junk at every depth.
+        room, event = world["room"], world["event"]
+        event_filter = {
+            "limit": 5,
+            "types": ["m.room.message"],
+            "not_senders": [world["bob"]],
+            "lazy_load_members": True,
+            "contains_url": False,
+        }
+        sync_filter = {
+            "room": {"timeline": event_filter, "rooms": [room]},
+            "event_fields": ["type"],
+            "event_format": "client",
+            "presence": {"types": ["m.presence"]},
+        }
+        for path, flt in (
+            ("/sync", sync_filter),
+            (f"/rooms/{room}/messages", event_filter),
+            (f"/rooms/{room}/context/{event}", event_filter),
+        ):
+            for variant in [flt, *mutations(flt)]:
+                fuzz.send("GET", V3 + path, query={"filter": json.dumps(variant), "dir": "b"})
         for method, template in SEGMENTS:
             for junk in TEXT_JUNK:
                 path = template.format(
