@@ -229,7 +229,8 @@ def _check_event_ids(key: str, value: list[Any], limit: int) -> None:
 
 def _nested_deeper_than(pdu: Mapping[str, Any], limit: int) -> bool:
     """Whether ``pdu`` (one level) holds containers more than ``limit`` levels deep."""
-    depth, level = 1, [pdu]
+    depth = 1
+    level: list[Any] = [pdu]
     while level:  # one level of containers at a time: no recursion
         if depth > limit:
             return True
