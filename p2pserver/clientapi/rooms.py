@@ -9,7 +9,10 @@ the event; reads go through :class:`~p2pserver.clientapi.views.RoomViews`
 Rules beyond the engine's:
 - ``PUT .../send/{type}/{txnId}`` and ``.../redact/{eventId}/{txnId}`` are
   idempotent per device: a repeated transaction ID answers the first event
-  ID without sending again (spec: "Transaction identifiers").
+  ID without sending again (spec: "Transaction identifiers"). The
+  transaction ID is recorded in the transaction that stores the event, so
+  a client retrying after a crash that cut off its answer gets that event,
+  never a second one.
 - createRoom: an alias from ``room_alias_name`` must be free before the
   room is made (400 M_ROOM_IN_USE); it is then stored, and ``visibility:
   public`` publishes the room in the directory.
@@ -38,6 +41,7 @@ Rules beyond the engine's:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from p2pserver.clientapi.edus import queue_receipt, queue_typing
@@ -358,9 +362,21 @@ async def send(ctx: Ctx) -> dict[str, Any]:
     if previous is not None:
         return {"event_id": previous}
     content = ctx.json()
-    event_id = await api.engine.send_event(room_id, ctx.user_id, ctx.params["eventType"], content)
-    api.accounts.record_txn(ctx.user_id, device_id, txn_id, event_id, api.now_ms())
+    event_id = await api.engine.send_event(
+        room_id,
+        ctx.user_id,
+        ctx.params["eventType"],
+        content,
+        in_commit=_record_txn(api, ctx.user_id, device_id, txn_id),
+    )
     return {"event_id": event_id}
+
+
+def _record_txn(api: ClientAPI, user_id: str, device_id: str, txn_id: str) -> Callable[[str], None]:
+    """What records ``txn_id`` -> the event, inside the transaction that stores the event."""
+    return lambda event_id: api.accounts.record_txn(
+        user_id, device_id, txn_id, event_id, api.now_ms()
+    )
 
 
 async def put_state(ctx: Ctx) -> dict[str, Any]:
@@ -404,8 +420,13 @@ async def redact(ctx: Ctx) -> dict[str, Any]:
     if previous is not None:
         return {"event_id": previous}
     body = ctx.json(optional=True)
-    event_id = await api.engine.redact(room_id, ctx.user_id, ctx.params["eventId"], _reason(body))
-    api.accounts.record_txn(ctx.user_id, device_id, txn_id, event_id, api.now_ms())
+    event_id = await api.engine.redact(
+        room_id,
+        ctx.user_id,
+        ctx.params["eventId"],
+        _reason(body),
+        in_commit=_record_txn(api, ctx.user_id, device_id, txn_id),
+    )
     return {"event_id": event_id}
 
 

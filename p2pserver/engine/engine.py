@@ -1078,13 +1078,20 @@ class RoomEngine:
         existing: EventMeta | None = None,
         destinations: Collection[str] = (),
         local: bool = False,
+        in_commit: Callable[[str], None] | None = None,
     ) -> EventMeta:
-        """Store the event and all that follows from it in one transaction, then notify."""
+        """Store the event and all that follows from it in one transaction, then notify.
+
+        ``in_commit(event_id)`` runs inside that transaction (its writes
+        commit with the event or not at all).
+        """
         try:
             with self.store.transaction():
                 meta, updates = self._persist(
                     event, status, reason, before, existing, destinations, local
                 )
+                if in_commit is not None:
+                    in_commit(event.event_id)
         except MatrixError as exc:  # state resolution of the new extremities failed
             raise _Dropped(event.event_id, f"cannot store: {exc.message}") from None
         self._announce(updates)
@@ -1333,8 +1340,13 @@ class RoomEngine:
         *,
         state_key: str | None = None,
         extra: Mapping[str, Any] | None = None,
+        in_commit: Callable[[str], None] | None = None,
     ) -> str:
         """Create, authorise, store and queue a local event; return its ID after the commit.
+
+        ``in_commit(event_id)`` runs inside the transaction that stores the
+        event: what the caller records about it (a client's transaction ID)
+        survives a crash exactly when the event does.
 
         Raises :class:`AuthError` (M_FORBIDDEN) if the auth rules refuse it,
         :class:`NotFound` for a room we do not have.
@@ -1352,7 +1364,13 @@ class RoomEngine:
                 raise AuthError(reason or "refused by the auth rules")
             try:
                 self._commit(
-                    event, status, None, before, destinations=self._destinations(event), local=True
+                    event,
+                    status,
+                    None,
+                    before,
+                    destinations=self._destinations(event),
+                    local=True,
+                    in_commit=in_commit,
                 )
             except _Dropped as exc:
                 raise MatrixError(exc.reason) from None
@@ -1537,7 +1555,13 @@ class RoomEngine:
         return await self._membership(room_id, sender, target, "leave", reason)
 
     async def redact(
-        self, room_id: str, sender: str, event_id: str, reason: str | None = None
+        self,
+        room_id: str,
+        sender: str,
+        event_id: str,
+        reason: str | None = None,
+        *,
+        in_commit: Callable[[str], None] | None = None,
     ) -> str:
         room_version = self.store.room_version(room_id)
         if room_version is None:
@@ -1548,7 +1572,9 @@ class RoomEngine:
             content["redacts"] = event_id
         else:
             extra = {"redacts": event_id}
-        return await self.send_event(room_id, sender, "m.room.redaction", content, extra=extra)
+        return await self.send_event(
+            room_id, sender, "m.room.redaction", content, extra=extra, in_commit=in_commit
+        )
 
     # =========================================================================
     # Reading rooms
