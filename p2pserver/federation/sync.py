@@ -115,13 +115,15 @@ DEFAULT_MAX_CATCHUP_EVENTS = 5000
 # restore_stripped: how long a run keeps trying; how many stripped events it
 # asks for in a round, reading at most so many pages of that size; how many
 # a server must strip before we try another (and how many servers' definitive
-# answers, or rounds, make us give an event up); how many servers a round
+# answers make us give an event up); how often a server may answer an event
+# stripped, and the waits after its first answers; how many servers a round
 # asks; how many events' answers are remembered.
 RESTORE_PATIENCE = 600.0
 MAX_RESTORED = 1000
 RESTORE_SCAN_PAGES = 5
 RESTORE_PROBES = 3
-RESTORE_PASSES = 3
+RESTORE_ASKS = 3
+RESTORE_WAITS = (150.0, 300.0)  # asks of one server at 0, 150 and 450 s
 RESTORE_SERVERS = 8
 RESTORE_MEMORY = 4096
 # After a server connects, how long to let it take our heads before asking
@@ -165,15 +167,22 @@ def _ranker(*prefix: object) -> Callable[[str], bytes]:
 
 @dataclass
 class _RestoreTries:
-    """What :meth:`RoomSync.restore_stripped` learnt about one stripped event."""
+    """What :meth:`RoomSync.restore_stripped` learnt about one stripped event, per server."""
 
     room_id: str
-    passes: int = 0  # rounds it was asked in and stayed stripped
     stripped_by: set[str] = field(default_factory=set)  # definitive answers
-    not_before: float = 0.0  # not asked again until then
+    answers: dict[str, int] = field(default_factory=dict)  # how often each stripped it
+    not_before: dict[str, float] = field(default_factory=dict)  # each not asked again until
     given_up: bool = False
-    # Servers a round could not reach: asked when they connect (once each).
-    unreached: set[str] = field(default_factory=set)
+
+    def may_ask(self, server: str) -> bool:
+        """Whether ``server`` may still be asked at all (now or later)."""
+        return server not in self.stripped_by and self.answers.get(server, 0) < RESTORE_ASKS
+
+    def next_ask(self, servers: Iterable[str]) -> float | None:
+        """When one of ``servers`` may next be asked (None: none may)."""
+        times = [self.not_before.get(s, 0.0) for s in servers if self.may_ask(s)]
+        return min(times) if times else None
 
 
 class RoomSync:
@@ -233,9 +242,7 @@ class RoomSync:
         rooms = shared_rooms(self.store, server_name)
         if rooms and self._nursery is not None:
             self._nursery.start_soon(self.exchange, server_name, rooms)
-            restoring = [
-                r for r in rooms if r in self._restoring or self._deferred_restores(r, server_name)
-            ]
+            restoring = [r for r in rooms if r in self._restoring or self._restore_waits(r)]
             if restoring:
                 self._nursery.start_soon(self._restore_on_connect, server_name, restoring)
 
@@ -523,24 +530,26 @@ class RoomSync:
         - Some events no one holds whole: their content hash did not match
           at the origin, so everyone stores them redacted. Every event is
           given up once :data:`RESTORE_PROBES` servers (or every server we
-          asked, if fewer) answered it definitively, or it was asked in
-          :data:`RESTORE_PASSES` rounds. After each such round it waits,
-          longer each time, so that its rounds span most of
-          :data:`RESTORE_PATIENCE`: time for servers that strip because our
-          join has not reached them to learn of it. Events asked in fewer
-          rounds go first, so those behind cannot be crowded out.
+          ask, if fewer) answered it definitively, or no server may be
+          asked any more.
+        - The schedule is per server: one that answered an event stripped
+          is asked for it again after :data:`RESTORE_WAITS` (150 s, then
+          300 s: time to learn of our join, or to be served it whole
+          itself), at most :data:`RESTORE_ASKS` times in all. Others, and
+          those we could not reach, are asked meanwhile, so one server's
+          wait holds up no other (a partition heals: the servers beyond it
+          are asked at once). Events asked least go first, so those behind
+          cannot be crowded out.
         - A server that connects (say, as a partition heals) wakes a run
-          waiting out its backoff, and is asked, once, for the events
-          waiting for another round whose rounds could not reach it
-          (:meth:`_restore_on_connect`): those rounds may have reached only
-          servers that hold them stripped too.
+          waiting out its backoff, or starts one if events wait
+          (:meth:`_restore_on_connect`).
         - What was asked is remembered (in memory, for the last
           :data:`RESTORE_MEMORY` events) across runs, which each stripped
-          arrival may start: however often runs start, an event is asked
-          for in at most :data:`RESTORE_PASSES` rounds, each asking a server
-          once (twice if it stripped the event before serving another
-          whole). A join of ours (``afresh``) forgets the room's events:
-          servers judge us anew.
+          arrival may start: however often runs start, a server is asked
+          for an event at most :data:`RESTORE_ASKS` times (twice more if it
+          stripped the event before serving another whole), and not after
+          a definitive answer. A join of ours (``afresh``) forgets the
+          room's events: servers judge us anew.
 
         A run repeats rounds with backoff for up to :data:`RESTORE_PATIENCE`
         seconds, until nothing is left to ask; one runs per room at a time.
@@ -585,12 +594,21 @@ class RoomSync:
             logger.info("restored %d stripped events of %s", restored, room_id)
         return restored
 
+    def _restore_servers(self, room_id: str) -> list[str]:
+        """The servers a round asks, connected ones first."""
+        connected = self.network.connected_peers()
+        return sorted(
+            (s for s in room_servers(self.store, room_id) if s != self.server_name),
+            key=lambda s: (s not in connected, _rank(room_id, s)),
+        )[:RESTORE_SERVERS]
+
     async def _restore_candidates(
         self, room_id: str, cursor: str | None
     ) -> tuple[list[str], float | None, str | None]:
         """Events to ask for now, least asked first; when the next deferred
         one is due; where the next round goes on reading (None: the top)."""
         now = trio.current_time()
+        servers = self._restore_servers(room_id)
         ready: list[str] = []
         later: float | None = None
         for _ in range(RESTORE_SCAN_PAGES):
@@ -601,121 +619,94 @@ class RoomSync:
                     continue
                 if not self.engine.entitled_to_content(event_id):
                     continue
-                if tries is not None and tries.not_before > now:
-                    later = tries.not_before if later is None else min(later, tries.not_before)
+                if tries is None:
+                    ready.append(event_id)
+                    continue
+                when = tries.next_ask(servers)
+                if when is None:
+                    tries.given_up = True  # every server we would ask has answered enough
+                elif when > now:
+                    later = when if later is None else min(later, when)
                 else:
                     ready.append(event_id)
             cursor = page[-1] if len(page) == MAX_RESTORED else None
             if cursor is None or len(ready) >= MAX_RESTORED:
                 break
             await trio.lowlevel.checkpoint()  # judging a page takes a while in a large room
-        passes = {e: t.passes for e in ready if (t := self._restore_tries.get(e)) is not None}
-        ready.sort(key=lambda e: passes.get(e, 0))  # stable: deepest first otherwise
+        asked = {
+            e: sum(t.answers.values())
+            for e in ready
+            if (t := self._restore_tries.get(e)) is not None
+        }
+        ready.sort(key=lambda e: asked.get(e, 0))  # stable: deepest first otherwise
         return ready[:MAX_RESTORED], later, cursor
 
     async def _restore_round(self, room_id: str, event_ids: list[str]) -> int:
         """Ask the servers of the room for ``event_ids`` once; return how many came whole."""
-        connected = self.network.connected_peers()
-        servers = sorted(
-            (s for s in room_servers(self.store, room_id) if s != self.server_name),
-            key=lambda s: (s not in connected, _rank(room_id, s)),
-        )[:RESTORE_SERVERS]
+        servers = self._restore_servers(room_id)
         needed = min(RESTORE_PROBES, len(servers))
-        definitive: dict[str, set[str]] = {}  # event -> servers that stripped it, this round
-        answered: set[str] = set()
         restored: set[str] = set()
-        unreached: set[str] = set()
         pending = list(event_ids)
         for server in servers:
-            asking = [e for e in pending if server not in self._stripped_by(e)]
+            now = trio.current_time()
+            asking = [e for e in pending if self._may_ask_now(e, server, now)]
             if not asking:
                 continue
             whole, stripped, serves = await self._restore_from(server, room_id, asking)
-            if not whole and not stripped:
-                unreached.add(server)  # no answer at all
             restored.update(whole)
-            answered.update(stripped)
-            if serves:
-                for event_id in stripped:
-                    definitive.setdefault(event_id, set()).add(server)
-            pending = [
-                e
-                for e in pending
-                if e not in restored
-                and len(self._stripped_by(e) | definitive.get(e, set())) < needed
-            ]
+            for event_id in whole:
+                self._restore_tries.pop(event_id)
+            answered_at = trio.current_time()
+            for event_id in stripped:
+                tries = self._restore_tries.pop(event_id) or _RestoreTries(room_id)
+                count = tries.answers[server] = tries.answers.get(server, 0) + 1
+                if count <= len(RESTORE_WAITS):
+                    tries.not_before[server] = answered_at + RESTORE_WAITS[count - 1]
+                if serves:
+                    tries.stripped_by.add(server)
+                tries.given_up = len(tries.stripped_by) >= needed
+                self._restore_tries.set(event_id, tries)
+            pending = [e for e in pending if e not in restored and not self._given_up(e)]
             if not pending:
                 break
-        now = trio.current_time()
-        for event_id in restored:
-            self._restore_tries.pop(event_id)
-        for event_id in answered - restored:
-            tries = self._restore_tries.pop(event_id) or _RestoreTries(room_id)
-            tries.passes += 1
-            tries.stripped_by |= definitive.get(event_id, set())
-            tries.unreached |= unreached
-            tries.given_up = tries.passes >= RESTORE_PASSES or len(tries.stripped_by) >= needed
-            # Rounds at 0, 1/4 and 3/4 of RESTORE_PATIENCE (with 3 passes).
-            tries.not_before = now + RESTORE_PATIENCE * 2.0 ** (tries.passes - RESTORE_PASSES)
-            self._restore_tries.set(event_id, tries)
         return len(restored)
 
-    def _deferred_restores(self, room_id: str, server: str) -> list[str]:
-        """The room's stripped events waiting for another round, whose last
-        rounds could not reach ``server``."""
-        waiting = []
-        for event_id, tries in self._restore_tries.items():
-            if tries.room_id != room_id or tries.given_up or server not in tries.unreached:
-                continue
-            meta = self.store.event_meta(event_id)
-            if meta is not None and meta.redacted:
-                waiting.append(event_id)
-        return waiting[:MAX_RESTORED]
+    def _may_ask_now(self, event_id: str, server: str, now: float) -> bool:
+        tries = self._restore_tries.get(event_id)
+        if tries is None:
+            return True
+        return (
+            not tries.given_up
+            and tries.may_ask(server)
+            and tries.not_before.get(server, 0.0) <= now
+        )
+
+    def _given_up(self, event_id: str) -> bool:
+        tries = self._restore_tries.get(event_id)
+        return tries is not None and tries.given_up
+
+    def _restore_waits(self, room_id: str) -> bool:
+        """Whether some stripped event of the room waits to be asked for again."""
+        return any(
+            tries.room_id == room_id and not tries.given_up
+            for _, tries in self._restore_tries.items()
+        )
 
     async def _restore_on_connect(self, server: str, room_ids: list[str]) -> None:
         """A server of rooms we restore connected: it may serve what we hold stripped.
 
         A partition healing is the typical case. A run waiting out its
-        backoff (every server was out of reach) goes again at once. Events
-        waiting minutes for another round (the rounds so far reached only
-        servers holding them stripped as we do) are asked of this server if
-        those rounds could not reach it, once: so a server that reconnects
-        often is not asked again and again.
-        Both wait until it has had time to take our heads (our join among
-        them) from the exchange its connection starts; only a definitive
-        answer counts against an event.
+        backoff goes again at once; if none runs but events wait, one
+        starts. Either way only once the server has had time to take our
+        heads (our join among them) from the exchange its connection starts.
         """
         await trio.sleep(RESTORE_AFTER_CONNECT)
         for room_id in room_ids:
             kick = self._restoring.get(room_id)
             if kick is not None:
                 kick.set()
-            if self.server_name not in room_servers(self.store, room_id):
-                continue
-            waiting = self._deferred_restores(room_id, server)
-            if not waiting:
-                continue
-            whole, stripped, serves = await self._restore_from(server, room_id, waiting)
-            if not whole and not stripped:
-                continue  # out of reach again: it may connect again
-            for event_id in waiting:
-                tries = self._restore_tries.get(event_id)
-                if tries is not None:
-                    tries.unreached.discard(server)
-            for event_id in whole:
-                self._restore_tries.pop(event_id)
-            if whole:
-                logger.info("restored %d stripped events of %s", len(whole), room_id)
-            if serves:
-                for event_id in stripped:
-                    tries = self._restore_tries.get(event_id)
-                    if tries is not None:
-                        tries.stripped_by.add(server)
-                        tries.given_up = tries.given_up or len(tries.stripped_by) >= RESTORE_PROBES
-
-    def _stripped_by(self, event_id: str) -> set[str]:
-        tries = self._restore_tries.get(event_id)
-        return tries.stripped_by if tries is not None else set()
+            elif self._nursery is not None and self._restore_waits(room_id):
+                self._nursery.start_soon(self.restore_stripped, room_id)
 
     async def _restore_from(
         self, server: str, room_id: str, event_ids: list[str]
