@@ -546,9 +546,9 @@ class RoomSync:
         - What was asked is remembered (in memory, for the last
           :data:`RESTORE_MEMORY` events) across runs, which each stripped
           arrival may start: however often runs start, a server is asked
-          for an event at most :data:`RESTORE_ASKS` times (twice more if it
-          stripped the event before serving another whole), and not after
-          a definitive answer. A join of ours (``afresh``) forgets the
+          for an event in at most :data:`RESTORE_ASKS` rounds (twice in one
+          if it stripped the event before serving another whole), and not
+          after a definitive answer. A join of ours (``afresh``) forgets the
           room's events: servers judge us anew.
 
         A run repeats rounds with backoff for up to :data:`RESTORE_PATIENCE`
