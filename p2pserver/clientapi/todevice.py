@@ -13,7 +13,9 @@ Rules:
   transaction ID, so a repeated ``txnId`` sends nothing again and a crash
   sends either all of a request or none of it. An EDU holds at most about
   :data:`MAX_EDU_BYTES` of messages (larger requests become several EDUs),
-  so a full transaction stays well inside a frame.
+  so a full transaction stays well inside a frame. A message nested deeper
+  than a frame can carry it (:func:`~p2pserver.transport.framing.check_value`)
+  is refused with M_BAD_JSON, as events are: it could never be sent.
 - Receiving an EDU: ``sender`` must be a user of ``origin``; each
   ``(origin, message_id)`` is taken once
   (:meth:`~p2pserver.storage.e2ee.E2eeStore.first_receipt`, in the same
@@ -40,6 +42,7 @@ from p2pserver.clientapi.errors import ApiError
 from p2pserver.clientapi.routing import Ctx, Router
 from p2pserver.rooms.events import sender_server
 from p2pserver.rooms.validation import is_valid_user_id
+from p2pserver.transport.framing import FrameError, check_value
 
 if TYPE_CHECKING:
     from p2pserver.clientapi.server import ClientAPI
@@ -48,6 +51,9 @@ __all__ = ["MAX_EDU_BYTES", "MAX_PER_SYNC", "receive_direct_to_device", "sync_to
 
 MAX_PER_SYNC = 100
 MAX_EDU_BYTES = 16 * 1024
+# Containers above a message's content in a transaction frame: the envelope,
+# its body, the list of EDUs, the EDU, its content, messages, user, device.
+FRAME_LEVELS_ABOVE_MESSAGE = 8
 ALL_DEVICES = "*"
 
 
@@ -93,6 +99,11 @@ async def send_to_device(ctx: Ctx) -> dict[str, Any]:
             raise ApiError.of("M_INVALID_PARAM", f"{user_id!r} is not a user ID")
         if not isinstance(devices, dict) or not all(isinstance(c, dict) for c in devices.values()):
             raise ApiError.of("M_BAD_JSON", "messages maps user IDs to {device ID: content}")
+        for content in devices.values():
+            try:
+                check_value(content, base_depth=FRAME_LEVELS_ABOVE_MESSAGE)
+            except FrameError as exc:
+                raise ApiError.of("M_BAD_JSON", f"a message cannot be sent: {exc}") from None
     local: list[tuple[str, str, dict[str, Any]]] = []
     remote: dict[str, dict[str, dict[str, Any]]] = {}
     for user_id, devices in messages.items():

@@ -11,7 +11,8 @@ import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2pserver.clientapi.todevice import MAX_PER_SYNC
+from p2pserver.clientapi.todevice import FRAME_LEVELS_ABOVE_MESSAGE, MAX_PER_SYNC
+from p2pserver.transport.framing import MAX_DEPTH, Request, encode_request
 
 from .conftest import Account, ApiFailure, E2eeNode, cluster, run, shared_room
 from .signing import Signer, cross_signing_key, device_keys
@@ -30,6 +31,18 @@ async def errcode(account: Account, method: str, path: str, body: Any, status: i
         await account.call(method, path, body)
     assert info.value.status == status, info.value.body
     return str(info.value.body["errcode"])
+
+
+def nested_object(depth: int) -> dict[str, Any]:
+    """An object ``depth`` containers deep, itself included."""
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+def to(user_id: str, content: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": {user_id: {"*": content}}}
 
 
 def test_upload_query_claim_and_sync_counts(tmp_path: Path) -> None:
@@ -154,6 +167,21 @@ def test_to_device_local_ack_limits_and_long_poll(tmp_path: Path) -> None:
             assert await errcode(alice, "PUT", path, {"messages": []}, 400) == "M_BAD_JSON"
             bad_user = {"messages": {"not a user": {"*": {}}}}
             assert await errcode(alice, "PUT", path, bad_user, 400) == "M_INVALID_PARAM"
+            # As deep as a transaction frame carries it, and no deeper.
+            remote = "@far:" + "ab" * 32
+            deepest = nested_object(MAX_DEPTH - FRAME_LEVELS_ABOVE_MESSAGE)
+            await alice.call("PUT", "/sendToDevice/m.test/deep", to(remote, deepest))
+            (edu,) = [
+                json.loads(r[0])
+                for r in node.api.store.db.query(
+                    "SELECT edu FROM outbound_queue WHERE destination = ?", ("ab" * 32,)
+                )
+            ]
+            encode_request(
+                Request(1, "send_transaction", {"origin": "x", "pdus": [], "edus": [edu]})
+            )
+            too_deep = to(remote, nested_object(MAX_DEPTH - FRAME_LEVELS_ABOVE_MESSAGE + 1))
+            assert await errcode(alice, "PUT", path, too_deep, 400) == "M_BAD_JSON"
             nursery.cancel_scope.cancel()
 
     run(main)
