@@ -123,7 +123,7 @@ MAX_RESTORED = 1000
 RESTORE_SCAN_PAGES = 5
 RESTORE_PROBES = 3
 RESTORE_ASKS = 3
-RESTORE_WAITS = (150.0, 300.0)  # asks of one server at 0, 150 and 450 s
+RESTORE_WAITS = (30.0, 300.0)  # asks of one server at 0, 30 and 330 s
 RESTORE_SERVERS = 8
 RESTORE_MEMORY = 4096
 # After a server connects, how long to let it take our heads before asking
@@ -533,9 +533,10 @@ class RoomSync:
           ask, if fewer) answered it definitively, or no server may be
           asked any more.
         - The schedule is per server: one that answered an event stripped
-          is asked for it again after :data:`RESTORE_WAITS` (150 s, then
-          300 s: time to learn of our join, or to be served it whole
-          itself), at most :data:`RESTORE_ASKS` times in all. Others, and
+          is asked for it again after :data:`RESTORE_WAITS` (30 s, then
+          300 s: time to learn of our join, which after a heal usually
+          takes seconds and after an outage may take minutes, or to be
+          served it whole itself), at most :data:`RESTORE_ASKS` times in all. Others, and
           those we could not reach, are asked meanwhile, so one server's
           wait holds up no other (a partition heals: the servers beyond it
           are asked at once). Events asked least go first, so those behind

@@ -415,3 +415,39 @@ def test_one_servers_wait_holds_up_no_other():
             nursery.cancel_scope.cancel()
 
     run(main)
+
+
+def test_servers_that_strip_for_a_few_seconds_after_a_heal_are_asked_again_soon():
+    """The converge fuzzer's other tail (seed 1, episode 47: a topic shown
+    stripped for 101 s after a heal): every server c asked, 10 s after the
+    heal, had not yet learnt of its join and stripped. They are asked again
+    within a minute, not minutes later."""
+
+    async def main():
+        hub, (a, b, c) = cluster(3)
+        async with trio.open_nursery() as nursery:
+            await start_all(nursery, [a, b, c])
+            room_id = await shared_room([a, b, c])
+            until = [float("inf")]
+            for node in (a, b):
+                serve = node.engine.on_get_event
+
+                def stripping(origin: str, event_id: str, serve: Any = serve) -> Any:
+                    pdu = serve(origin, event_id)
+                    if origin == c.server_name and trio.current_time() < until[0]:
+                        return redact(pdu, c.store.room_version(room_id))  # type: ignore[arg-type]
+                    return pdu
+
+                node.engine.on_get_event = stripping  # type: ignore[method-assign]
+            message = await message_held_stripped((a, b, c), room_id)
+            hub.heal()
+            healed = trio.current_time()
+            until[0] = healed + 15  # they learn of c's join 15 s after the heal
+            await a.engine.send_message(room_id, a.user("u0"), {"body": "back"})  # connects
+            await trio.sleep(14)
+            assert not is_whole(c, message)  # asked, and stripped
+            await wait_until(lambda: is_whole(c, message), timeout=sync.RESTORE_PATIENCE)
+            assert trio.current_time() - healed < 60
+            nursery.cancel_scope.cancel()
+
+    run(main)
