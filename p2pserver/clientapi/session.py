@@ -244,12 +244,15 @@ async def register(ctx: Ctx) -> dict[str, Any]:
     if password is not None:
         password_hash = await trio.to_thread.run_sync(hash_password, password)
     try:
-        api.accounts.create_user(user_id, password_hash, api.now_ms())
+        # The account and its first login commit together: a crash between
+        # them would leave the name taken and the client with no way in.
+        with api.accounts.atomic():
+            api.accounts.create_user(user_id, password_hash, api.now_ms())
+            if inhibit_login:
+                return {"user_id": user_id, "home_server": api.server_name}
+            return api.login_device(user_id, device_id, display_name, ctx.request.client)
     except UserExists:  # taken while we hashed
         raise ApiError.of("M_USER_IN_USE", "that user name is taken") from None
-    if inhibit_login:
-        return {"user_id": user_id, "home_server": api.server_name}
-    return api.login_device(user_id, device_id, display_name, ctx.request.client)
 
 
 # -- the session ---------------------------------------------------------------------

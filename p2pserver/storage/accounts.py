@@ -247,7 +247,8 @@ class AccountStore:
         self.db = db
 
     @contextmanager
-    def _write(self) -> Iterator[None]:
+    def atomic(self) -> Iterator[None]:
+        """One transaction, unless the caller already holds one."""
         if self.db.in_transaction:
             yield
         else:
@@ -278,7 +279,7 @@ class AccountStore:
     # -- users ---------------------------------------------------------------
 
     def create_user(self, user_id: str, password_hash: str | None, now: int) -> None:
-        with self._write():
+        with self.atomic():
             if self.db.query_one("SELECT 1 FROM users WHERE user_id = ?", (user_id,)):
                 raise UserExists(user_id)
             self.db.execute(
@@ -302,7 +303,7 @@ class AccountStore:
         return [_user(r) for r in rows]
 
     def set_password_hash(self, user_id: str, password_hash: str) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "UPDATE users SET password_hash = ? WHERE user_id = ?", (password_hash, user_id)
             )
@@ -310,7 +311,7 @@ class AccountStore:
     def set_profile_field(self, user_id: str, field: str, value: str | None) -> None:
         if field not in ("displayname", "avatar_url"):
             raise ValueError(f"unknown profile field {field!r}")
-        with self._write():
+        with self.atomic():
             self.db.execute(f"UPDATE users SET {field} = ? WHERE user_id = ?", (value, user_id))
 
     # -- devices and access tokens ---------------------------------------------
@@ -325,7 +326,7 @@ class AccountStore:
         ip: str | None = None,
     ) -> None:
         """Create the device (or keep it, renaming only if a name is given) with a new token."""
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """INSERT INTO devices (user_id, device_id, display_name, last_seen_ts, last_seen_ip)
                    VALUES (?1, ?2, ?3, ?4, ?5)
@@ -368,7 +369,7 @@ class AccountStore:
         return [DeviceRecord(*r) for r in rows]
 
     def rename_device(self, user_id: str, device_id: str, display_name: str) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "UPDATE devices SET display_name = ? WHERE user_id = ? AND device_id = ?",
                 (display_name, user_id, device_id),
@@ -377,7 +378,7 @@ class AccountStore:
     def delete_devices(self, user_id: str, device_ids: Iterable[str]) -> None:
         """Delete devices with their tokens and transaction IDs."""
         rows = [(user_id, d) for d in device_ids]
-        with self._write():
+        with self.atomic():
             for table in ("access_tokens", "txn_ids", "devices"):
                 self.db.executemany(
                     f"DELETE FROM {table} WHERE user_id = ? AND device_id = ?", rows
@@ -386,7 +387,7 @@ class AccountStore:
     # -- filters ---------------------------------------------------------------
 
     def add_filter(self, user_id: str, filter_json: Mapping[str, Any]) -> int:
-        with self._write():
+        with self.atomic():
             row = self.db.query_one(
                 "SELECT MAX(filter_id) FROM user_filters WHERE user_id = ?", (user_id,)
             )
@@ -410,7 +411,7 @@ class AccountStore:
         self, user_id: str, room_id: str | None, data_type: str, content: Mapping[str, Any]
     ) -> int:
         """Store global (``room_id`` None) or per-room account data; returns its stream position."""
-        with self._write():
+        with self.atomic():
             stream = self.next_stream()
             self.db.execute(
                 """INSERT OR REPLACE INTO account_data (user_id, room_id, type, content, stream)
@@ -457,7 +458,7 @@ class AccountStore:
     def record_txn(
         self, user_id: str, device_id: str, txn_id: str, event_id: str, now: int
     ) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 """INSERT OR REPLACE INTO txn_ids (user_id, device_id, txn_id, event_id, ts)
                    VALUES (?, ?, ?, ?, ?)""",
@@ -490,7 +491,7 @@ class AccountStore:
         event_id: str,
         ts: int,
     ) -> int:
-        with self._write():
+        with self.atomic():
             stream = self.next_stream()
             self.db.execute(
                 """INSERT OR REPLACE INTO receipts
@@ -519,7 +520,7 @@ class AccountStore:
     # -- events restored whole -------------------------------------------------
 
     def add_restored(self, room_id: str, event_id: str) -> int:
-        with self._write():
+        with self.atomic():
             stream = self.next_stream()
             self.db.execute(
                 "INSERT INTO restored_events (stream, room_id, event_id) VALUES (?, ?, ?)",
@@ -539,7 +540,7 @@ class AccountStore:
     # -- aliases and the room directory ----------------------------------------
 
     def create_alias(self, alias: str, room_id: str, creator: str) -> None:
-        with self._write():
+        with self.atomic():
             if self.db.query_one("SELECT 1 FROM room_aliases WHERE alias = ?", (alias,)):
                 raise AliasInUse(alias)
             self.db.execute(
@@ -555,7 +556,7 @@ class AccountStore:
         return (row[0], row[1]) if row else None
 
     def delete_alias(self, alias: str) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute("DELETE FROM room_aliases WHERE alias = ?", (alias,))
 
     def aliases_of(self, room_id: str) -> list[str]:
@@ -567,7 +568,7 @@ class AccountStore:
         ]
 
     def set_room_visibility(self, room_id: str, visibility: str) -> None:
-        with self._write():
+        with self.atomic():
             self.db.execute(
                 "INSERT OR REPLACE INTO room_directory (room_id, visibility) VALUES (?, ?)",
                 (room_id, visibility),
@@ -590,7 +591,7 @@ class AccountStore:
     # -- forgotten rooms -------------------------------------------------------
 
     def set_forgotten(self, user_id: str, room_id: str, forgotten: bool) -> None:
-        with self._write():
+        with self.atomic():
             if forgotten:
                 self.db.execute(
                     "INSERT OR IGNORE INTO forgotten_rooms (user_id, room_id) VALUES (?, ?)",

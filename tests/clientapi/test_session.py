@@ -287,3 +287,25 @@ def test_logout_all(node: Node) -> None:
                 http.get("/_matrix/client/v3/account/whoami", headers=auth(t)).json()["errcode"]
                 == "M_UNKNOWN_TOKEN"
             )
+
+
+def test_a_registration_cut_short_leaves_no_account_behind() -> None:
+    # A crash between creating the account and its first login (here: the
+    # login raises) must not leave the name taken with no device to use it.
+    fresh = Node().start()
+    try:
+        add_device = fresh.api.accounts.add_device
+
+        def crash(*args: object, **kwargs: object) -> None:
+            raise RuntimeError("the node died here")
+
+        fresh.api.accounts.add_device = crash  # type: ignore[method-assign]
+        body = {"username": "dora", "password": PASSWORD, "auth": {"type": "m.login.dummy"}}
+        with fresh.http() as http:
+            assert http.post("/_matrix/client/v3/register", json=body).status_code == 500
+            fresh.api.accounts.add_device = add_device  # type: ignore[method-assign]
+            again = http.post("/_matrix/client/v3/register", json=body)
+            assert again.status_code == 200, again.text
+            assert again.json()["user_id"].startswith("@dora:")
+    finally:
+        fresh.stop()
