@@ -27,17 +27,11 @@ import trio
 from p2pserver.clientapi.errors import STATUS_FOR_ERRCODE
 from p2pserver.clientapi.http import HttpServer, Request, Response
 from tests.clientapi.conftest import PASSWORD, Node, auth, register_raw, unique
+from tests.nesting import nested
 
 V3 = "/_matrix/client/v3"
 # Seconds one request may take before it counts as a hang.
 REQUEST_TIMEOUT = 10.0
-
-
-def _nested(depth: int) -> Any:
-    value: Any = "x"
-    for i in range(depth):
-        value = [value] if i % 2 else {"k": value}
-    return value
 
 
 JUNK: list[Any] = [
@@ -65,7 +59,7 @@ JUNK: list[Any] = [
     {},
     {"\ud800": 1},
     {"": None},
-    _nested(60),
+    nested(60),
 ]
 # Bodies that are not a JSON object.
 NOT_JSON = [b"", b"{", b"not json", b"\xff\xfe", b'{"a": NaN}', b'{"a": 1}{']

@@ -164,12 +164,17 @@ def forged_event(
     event_type: str,
     content: dict[str, Any],
     state_key: str | None = None,
+    *,
+    sender: str | None = None,
+    view: Node | None = None,
 ) -> dict[str, Any]:
-    """An event of ``node``'s u0 on ``prev_events``, built by hand."""
-    store = node.store
+    """An event of ``node``'s u0 (or ``sender``) on ``prev_events``, built by
+    hand and signed by ``node``; auth events and depth from ``view``'s store
+    (default: ``node``'s)."""
+    store = (view or node).store
     version = store.room_version(room_id)
     assert version is not None
-    sender = node.user("u0")
+    sender = sender or node.user("u0")
     auth = select_auth_event_ids(
         version, event_type, sender, state_key, content, store.current_state(room_id)
     )

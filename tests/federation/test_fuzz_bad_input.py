@@ -29,26 +29,28 @@ from p2pserver.clientapi.http import Request
 from p2pserver.clientapi.server import ClientAPI
 from p2pserver.e2ee.federation import connect
 from p2pserver.federation import protocol as p
-from p2pserver.rooms.auth import select_auth_event_ids
-from p2pserver.rooms.builder import build_event
 from p2pserver.rooms.errors import MatrixError
 from p2pserver.rooms.hashing import add_content_hash, compute_event_id
 from p2pserver.rooms.signing import SigningKey, sign_event
 from p2pserver.rooms.validation import MAX_NESTING
 from p2pserver.transport import framing
 from p2pserver.transport.framing import Response, check_value, encode_response
+from tests.nesting import nested
 
-from .conftest import CONFIG, Node, cluster, run, set_power, shared_room, start_all, wait_until
+from .conftest import (
+    CONFIG,
+    Node,
+    cluster,
+    forged_event,
+    run,
+    set_power,
+    shared_room,
+    start_all,
+    wait_until,
+)
 
 # How long (trio time, MockClock) one request may take before it counts as a hang.
 REQUEST_DEADLINE = 120.0
-
-
-def _nested(depth: int) -> Any:
-    value: Any = "x"
-    for i in range(depth):
-        value = [value] if i % 2 else {"k": value}
-    return value
 
 
 # Wrong values of every JSON type, and the edges the framing still lets through.
@@ -75,7 +77,7 @@ JUNK: list[Any] = [
     {},
     {"a": None},
     {"": []},
-    _nested(100),
+    nested(100),
 ]
 
 
@@ -152,33 +154,14 @@ def event_of(
 ) -> dict[str, Any] | None:
     """An event of ``node``'s user u1 (or ``sender``) on ``view``'s heads, signed by
     ``node`` (None: ``content`` is not canonical JSON, so it cannot be signed)."""
-    store = view.store
-    version = store.room_version(room_id)
-    assert version is not None
+    heads = view.store.forward_extremities(room_id)
     sender = sender or node.user("u1")
-    heads = store.forward_extremities(room_id)
-    auth = select_auth_event_ids(
-        version, event_type, sender, state_key, content, store.current_state(room_id)
-    )
-    depth = 1 + max(store.event_meta(h).depth for h in heads)  # type: ignore[union-attr]
     try:
-        event = build_event(
-            version,
-            signing_key=node.key,
-            server_name=node.server_name,
-            sender=sender,
-            type=event_type,
-            content=content,
-            room_id=room_id,
-            prev_events=heads,
-            auth_events=auth,
-            depth=depth,
-            origin_server_ts=1,
-            state_key=state_key,
+        return forged_event(
+            node, room_id, heads, event_type, content, state_key, sender=sender, view=view
         )
     except MatrixError:
         return None
-    return event.get_pdu_json()
 
 
 def txn(

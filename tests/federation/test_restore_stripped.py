@@ -8,6 +8,7 @@ may not see hid older ones we may.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -55,6 +56,39 @@ async def message_held_stripped(nodes: tuple[Node, Node, Node], room_id: str) ->
     await c.engine.receive_pdu(b.server_name, stripped_copy(b, room_id, message))
     assert not is_whole(c, message) and c.engine.entitled_to_content(message)
     return message
+
+
+async def message_held_stripped_by_two(nodes: tuple[Node, Node, Node], room_id: str) -> str:
+    """a's message, held stripped by b and c, which are cut off from a (healed
+    by the caller)."""
+    hub, (a, b, c) = nodes[0].hub, nodes
+    hub.partition([a.server_name], [b.server_name, c.server_name])
+    message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
+    for node in (b, c):
+        a.store.outbound.ack(node.server_name, 2**62)  # every push is lost
+    copy = stripped_copy(a, room_id, message)
+    for node in (b, c):
+        await node.engine.receive_pdu(a.server_name, copy)
+        assert not is_whole(node, message) and node.engine.entitled_to_content(message)
+    return message
+
+
+def serve_stripped_until(
+    nodes: tuple[Node, Node, Node], room_id: str, until: Callable[[], float]
+) -> None:
+    """a and b serve c stripped copies until ``until()`` (as servers that have
+    not learnt of c's join do)."""
+    a, b, c = nodes
+    for node in (a, b):
+        serve = node.engine.on_get_event
+
+        def stripping(origin: str, event_id: str, serve: Any = serve) -> Any:
+            pdu = serve(origin, event_id)
+            if origin == c.server_name and trio.current_time() < until():
+                return redact(pdu, c.store.room_version(room_id))  # type: ignore[arg-type]
+            return pdu
+
+        node.engine.on_get_event = stripping  # type: ignore[method-assign]
 
 
 def test_events_stripped_everywhere_do_not_keep_a_message_from_being_restored():
@@ -175,16 +209,7 @@ def test_servers_that_strip_everything_for_a_while_do_not_make_us_give_up():
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
             until = trio.current_time() + sync.RESTORE_PATIENCE / 2
-            for node in (a, b):
-                serve = node.engine.on_get_event
-
-                def stripping(origin: str, event_id: str, serve: Any = serve) -> Any:
-                    pdu = serve(origin, event_id)
-                    if origin == c.server_name and trio.current_time() < until:
-                        return redact(pdu, c.store.room_version(room_id))  # type: ignore[arg-type]
-                    return pdu
-
-                node.engine.on_get_event = stripping  # type: ignore[method-assign]
+            serve_stripped_until((a, b, c), room_id, lambda: until)
             message = await message_held_stripped((a, b, c), room_id)
             hub.heal()
             await trio.sleep(sync.RESTORE_PATIENCE / 2 - 1)
@@ -242,22 +267,16 @@ def test_stripped_outliers_are_not_asked_for():
 def test_a_server_that_comes_back_is_asked_at_once_for_what_waits_for_another_round():
     """b and c hold a's message stripped, cut off from a: each asks the
     other and gets it stripped too, so that server is not asked again for
-    minutes. When the partition heals, a is asked within seconds (found by the converge fuzzer with its check of the held state:
-    a room name shown empty for over two minutes after a heal)."""
+    minutes. When the partition heals, a is asked within seconds (found by
+    the converge fuzzer with its check of the held state: a room name shown
+    empty for over two minutes after a heal)."""
 
     async def main():
         hub, (a, b, c) = cluster(3)
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
-            hub.partition([a.server_name], [b.server_name, c.server_name])
-            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
-            for node in (b, c):
-                a.store.outbound.ack(node.server_name, 2**62)  # every push is lost
-            copy = stripped_copy(a, room_id, message)
-            for node in (b, c):
-                await node.engine.receive_pdu(a.server_name, copy)
-                assert not is_whole(node, message) and node.engine.entitled_to_content(message)
+            message = await message_held_stripped_by_two((a, b, c), room_id)
             await trio.sleep(30)  # b and c asked each other: b is not asked again for minutes
             assert not is_whole(c, message)
             hub.heal()
@@ -399,13 +418,7 @@ def test_one_servers_wait_holds_up_no_other():
         async with trio.open_nursery() as nursery:
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
-            hub.partition([a.server_name], [b.server_name, c.server_name])
-            message = await a.engine.send_message(room_id, a.user("u0"), {"body": "whole"})
-            for node in (b, c):
-                a.store.outbound.ack(node.server_name, 2**62)  # every push is lost
-            copy = stripped_copy(a, room_id, message)
-            for node in (b, c):
-                await node.engine.receive_pdu(a.server_name, copy)
+            message = await message_held_stripped_by_two((a, b, c), room_id)
             await trio.sleep(30)
             assert not is_whole(c, message)
             hub.heal()
@@ -429,16 +442,7 @@ def test_servers_that_strip_for_a_few_seconds_after_a_heal_are_asked_again_soon(
             await start_all(nursery, [a, b, c])
             room_id = await shared_room([a, b, c])
             until = [float("inf")]
-            for node in (a, b):
-                serve = node.engine.on_get_event
-
-                def stripping(origin: str, event_id: str, serve: Any = serve) -> Any:
-                    pdu = serve(origin, event_id)
-                    if origin == c.server_name and trio.current_time() < until[0]:
-                        return redact(pdu, c.store.room_version(room_id))  # type: ignore[arg-type]
-                    return pdu
-
-                node.engine.on_get_event = stripping  # type: ignore[method-assign]
+            serve_stripped_until((a, b, c), room_id, lambda: until[0])
             message = await message_held_stripped((a, b, c), room_id)
             hub.heal()
             healed = trio.current_time()
