@@ -48,12 +48,7 @@ def plot_result(result: SimResult, out: Path) -> list[Path]:
 
 def plot_latency(result: SimResult, out: Path) -> Path | None:
     """Histogram and CDF of per-delivery latency (per-message medians without deliveries)."""
-    fig = latency_figure(result)
-    if fig is None:
-        return None
-    path = out / "latency.png"
-    fig.savefig(path)
-    return path
+    return _save(latency_figure(result), out / "latency.png")
 
 
 def latency_figure(result: SimResult) -> Any:
@@ -104,10 +99,12 @@ def _latencies(result: SimResult) -> tuple[list[float], bool]:
 
 def plot_convergence(result: SimResult, out: Path) -> Path | None:
     """State agreement over time, with partitions, heals and convergence marked."""
-    fig = convergence_figure(result)
+    return _save(convergence_figure(result), out / "convergence.png")
+
+
+def _save(fig: Any, path: Path) -> Path | None:
     if fig is None:
         return None
-    path = out / "convergence.png"
     fig.savefig(path)
     return path
 

@@ -7,7 +7,7 @@ timers such as backoff and the periodic pull cost no real time).
 from __future__ import annotations
 
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -194,6 +194,19 @@ def forged_event(
         state_key=state_key,
     )
     return event.get_pdu_json()
+
+
+def txn(
+    origin: str, pdus: Sequence[Any] = (), edus: Sequence[Any] = (), txn_id: str = "t1"
+) -> dict[str, Any]:
+    """A ``send_transaction`` body."""
+    return {
+        "txn_id": txn_id,
+        "origin": origin,
+        "origin_server_ts": 1,
+        "pdus": list(pdus),
+        "edus": list(edus),
+    }
 
 
 def stripped_copy(node: Node, room_id: str, event_id: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import copy
 import dataclasses
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +46,7 @@ from .conftest import (
     set_power,
     shared_room,
     start_all,
+    txn,
     wait_until,
 )
 
@@ -162,18 +163,6 @@ def event_of(
         )
     except MatrixError:
         return None
-
-
-def txn(
-    origin: str, pdus: Sequence[Any] = (), edus: Sequence[Any] = (), txn_id: str = "t"
-) -> dict[str, Any]:
-    return {
-        "txn_id": txn_id,
-        "origin": origin,
-        "origin_server_ts": 1,
-        "pdus": list(pdus),
-        "edus": list(edus),
-    }
 
 
 class Viewer:

@@ -16,7 +16,7 @@ from p2pserver.rooms.signing import SigningKey, verify_event_signature
 from p2pserver.storage.invites import InviteStates
 from p2pserver.transport.network import RemoteError
 
-from .conftest import Node, cluster, run, shared_room, start_all, wait_until
+from .conftest import Node, cluster, run, shared_room, start_all, txn, wait_until
 
 
 @asynccontextmanager
@@ -55,16 +55,6 @@ def message(node: Node, key: SigningKey, sender: str, room_id: str, body: str = 
         origin_server_ts=1,
     )
     return event.get_pdu_json()
-
-
-def txn(origin: str, pdus=(), edus=(), txn_id: str = "t1") -> dict:
-    return {
-        "txn_id": txn_id,
-        "origin": origin,
-        "origin_server_ts": 1,
-        "pdus": list(pdus),
-        "edus": list(edus),
-    }
 
 
 async def refused(net, destination, method, body, errcode):
