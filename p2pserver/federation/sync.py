@@ -536,10 +536,10 @@ class RoomSync:
           is asked for it again after :data:`RESTORE_WAITS` (30 s, then
           300 s: time to learn of our join, which after a heal usually
           takes seconds and after an outage may take minutes, or to be
-          served it whole itself), at most :data:`RESTORE_ASKS` times in all. Others, and
-          those we could not reach, are asked meanwhile, so one server's
-          wait holds up no other (a partition heals: the servers beyond it
-          are asked at once). Events asked least go first, so those behind
+          served it whole itself), at most :data:`RESTORE_ASKS` times in
+          all. Others, and those we could not reach, are asked meanwhile,
+          so one server's wait holds up no other (a partition heals: the
+          servers beyond it are asked at once). Events asked least go first, so those behind
           cannot be crowded out.
         - A server that connects (say, as a partition heals) wakes a run
           waiting out its backoff, or starts one if events wait
